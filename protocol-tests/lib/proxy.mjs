@@ -1,0 +1,65 @@
+// A fault-injecting TCP proxy (loopback only): forwards bytes to the target, and can cut every
+// live connection on demand (both sides destroyed at once, like a network drop).
+
+import net from 'node:net';
+
+export async function startProxy(targetUrl) {
+  const target = new URL(targetUrl);
+  const targetHost = target.hostname;
+  const targetPort = Number(target.port || 80);
+  const pairs = new Set();
+  const stats = { accepted: 0, cuts: 0, socketsCut: 0 };
+
+  const server = net.createServer((client) => {
+    stats.accepted++;
+    client.setNoDelay(true);
+    const upstream = net.connect({ host: targetHost, port: targetPort });
+    upstream.setNoDelay(true);
+    const pair = { client, upstream };
+    pairs.add(pair);
+    const done = () => {
+      pairs.delete(pair);
+      client.destroy();
+      upstream.destroy();
+    };
+    client.on('error', done);
+    upstream.on('error', done);
+    client.on('close', done);
+    upstream.on('close', done);
+    client.pipe(upstream);
+    upstream.pipe(client);
+  });
+
+  await new Promise((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(0, '127.0.0.1', resolve);
+  });
+  const { port } = server.address();
+
+  return {
+    url: `http://127.0.0.1:${port}`,
+    stats,
+    live: () => pairs.size,
+    /** Destroys every live connection (client and upstream side); returns how many. */
+    cutAll() {
+      stats.cuts++;
+      let n = 0;
+      for (const { client, upstream } of [...pairs]) {
+        client.resetAndDestroy ? client.resetAndDestroy() : client.destroy();
+        upstream.destroy();
+        n++;
+      }
+      pairs.clear();
+      stats.socketsCut += n;
+      return n;
+    },
+    async close() {
+      for (const { client, upstream } of pairs) {
+        client.destroy();
+        upstream.destroy();
+      }
+      pairs.clear();
+      await new Promise((r) => server.close(() => r()));
+    },
+  };
+}

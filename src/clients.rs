@@ -1,0 +1,330 @@
+//! The fan-out API: [`Clients`] picks targets (All, Caller, Others, Client, Clients,
+//! AllExcept, Group, Groups, GroupExcept, OthersInGroup, User, Users) and a proxy sends to
+//! them. Each send encodes its message once per protocol; every target gets the same bytes.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio::sync::oneshot;
+
+use crate::error::Error;
+use crate::hub::HubShared;
+use crate::protocol::{HubMessage, Invocation, Outcome, Protocol};
+use crate::registry::{EncodedMessage, HubConnection, Target};
+
+/// Encodes `method(args…)` as an Invocation in both protocols.
+pub(crate) fn encode_invocation(
+    method: &str,
+    args: &impl Serialize,
+    invocation_id: Option<String>,
+) -> Result<EncodedMessage, Error> {
+    let message = |protocol: Protocol| -> Result<HubMessage, Error> {
+        let mut arguments = protocol
+            .encode_value(args)
+            .map_err(|e| Error::Serialization(e.to_string()))?;
+        // `()` serializes as a unit (null), but it means "no arguments": an empty list.
+        match (protocol, &arguments.0[..]) {
+            (Protocol::Json, b"null") => arguments.0 = bytes::Bytes::from_static(b"[]"),
+            (Protocol::MessagePack, [0xc0]) => arguments.0 = bytes::Bytes::from_static(&[0x90]),
+            _ => {}
+        }
+        Ok(HubMessage::Invocation(Invocation {
+            headers: Default::default(),
+            invocation_id: invocation_id.clone(),
+            target: method.to_owned(),
+            arguments,
+            stream_ids: Vec::new(),
+        }))
+    };
+    Ok(EncodedMessage::new(
+        &message(Protocol::Json)?,
+        &message(Protocol::MessagePack)?,
+    ))
+}
+
+fn ids(ids: impl IntoIterator<Item = impl Into<String>>) -> Vec<String> {
+    ids.into_iter().map(Into::into).collect()
+}
+
+/// Chooses who receives a message. Obtained as an extractor in a hub method (then `caller`,
+/// `others` and `others_in_group` are relative to the caller) or from
+/// [`crate::HubContext::clients`] anywhere in the process.
+#[derive(Clone)]
+pub struct Clients {
+    hub: Arc<HubShared>,
+    caller: Option<Arc<HubConnection>>,
+}
+
+impl std::fmt::Debug for Clients {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Clients")
+            .field("caller", &self.caller.as_ref().map(|c| c.id.clone()))
+            .finish()
+    }
+}
+
+impl Clients {
+    pub(crate) fn new(hub: Arc<HubShared>, caller: Option<Arc<HubConnection>>) -> Self {
+        Self { hub, caller }
+    }
+
+    fn proxy(&self, target: Target) -> ClientProxy {
+        ClientProxy {
+            hub: self.hub.clone(),
+            target,
+        }
+    }
+
+    fn caller_ids(&self) -> Vec<String> {
+        self.caller.iter().map(|c| c.id.clone()).collect()
+    }
+
+    /// Every connection of the hub.
+    pub fn all(&self) -> ClientProxy {
+        self.proxy(Target::All { except: Vec::new() })
+    }
+
+    /// Every connection but these.
+    pub fn all_except(&self, except: impl IntoIterator<Item = impl Into<String>>) -> ClientProxy {
+        self.proxy(Target::All {
+            except: ids(except),
+        })
+    }
+
+    /// Every connection but the caller (all of them outside a hub method).
+    pub fn others(&self) -> ClientProxy {
+        self.proxy(Target::All {
+            except: self.caller_ids(),
+        })
+    }
+
+    /// The calling connection (nobody outside a hub method).
+    pub fn caller(&self) -> SingleClientProxy {
+        SingleClientProxy {
+            hub: self.hub.clone(),
+            id: self
+                .caller
+                .as_ref()
+                .map(|c| c.id.clone())
+                .unwrap_or_default(),
+        }
+    }
+
+    /// One connection, by its public id.
+    pub fn client(&self, connection_id: impl Into<String>) -> SingleClientProxy {
+        SingleClientProxy {
+            hub: self.hub.clone(),
+            id: connection_id.into(),
+        }
+    }
+
+    /// Several connections.
+    pub fn clients(
+        &self,
+        connection_ids: impl IntoIterator<Item = impl Into<String>>,
+    ) -> ClientProxy {
+        self.proxy(Target::Connections(ids(connection_ids)))
+    }
+
+    /// Every member of a group.
+    pub fn group(&self, group: impl Into<String>) -> ClientProxy {
+        self.proxy(Target::Groups {
+            groups: vec![group.into()],
+            except: Vec::new(),
+        })
+    }
+
+    /// Every member of any of these groups, once each.
+    pub fn groups(&self, groups: impl IntoIterator<Item = impl Into<String>>) -> ClientProxy {
+        self.proxy(Target::Groups {
+            groups: ids(groups),
+            except: Vec::new(),
+        })
+    }
+
+    /// Every member of a group but these connections.
+    pub fn group_except(
+        &self,
+        group: impl Into<String>,
+        except: impl IntoIterator<Item = impl Into<String>>,
+    ) -> ClientProxy {
+        self.proxy(Target::Groups {
+            groups: vec![group.into()],
+            except: ids(except),
+        })
+    }
+
+    /// Every member of a group but the caller.
+    pub fn others_in_group(&self, group: impl Into<String>) -> ClientProxy {
+        self.proxy(Target::Groups {
+            groups: vec![group.into()],
+            except: self.caller_ids(),
+        })
+    }
+
+    /// Every connection of a user.
+    pub fn user(&self, user_id: impl Into<String>) -> ClientProxy {
+        self.proxy(Target::Users(vec![user_id.into()]))
+    }
+
+    /// Every connection of these users.
+    pub fn users(&self, user_ids: impl IntoIterator<Item = impl Into<String>>) -> ClientProxy {
+        self.proxy(Target::Users(ids(user_ids)))
+    }
+}
+
+/// Sends to a set of connections.
+#[derive(Clone)]
+pub struct ClientProxy {
+    hub: Arc<HubShared>,
+    target: Target,
+}
+
+impl std::fmt::Debug for ClientProxy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientProxy")
+            .field("target", &self.target)
+            .finish()
+    }
+}
+
+impl ClientProxy {
+    /// Sends `method(args…)`; `args` serializes as the argument list: a tuple such as
+    /// `("bob", "hi")` or `(x,)`, or `()` for none. Returns once the message is queued for
+    /// every target (slow consumers are closed rather than waited for).
+    pub async fn send(&self, method: &str, args: impl Serialize) -> Result<(), Error> {
+        let msg = encode_invocation(method, &args, None)?;
+        let n = self.hub.registry.send(&self.target, &msg);
+        self.hub.stats.sent(n as u64);
+        Ok(())
+    }
+}
+
+/// Sends to one connection, and can wait for its answer (client results).
+#[derive(Clone)]
+pub struct SingleClientProxy {
+    hub: Arc<HubShared>,
+    id: String,
+}
+
+impl std::fmt::Debug for SingleClientProxy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SingleClientProxy")
+            .field("id", &self.id)
+            .finish()
+    }
+}
+
+impl SingleClientProxy {
+    /// Sends `method(args…)` to this connection (a no-op if it is gone).
+    pub async fn send(&self, method: &str, args: impl Serialize) -> Result<(), Error> {
+        let msg = encode_invocation(method, &args, None)?;
+        let n = self
+            .hub
+            .registry
+            .send(&Target::Connections(vec![self.id.clone()]), &msg);
+        self.hub.stats.sent(n as u64);
+        Ok(())
+    }
+
+    /// Invokes `method(args…)` on the client and waits for its result, up to the hub's
+    /// `client_result_timeout`. The connection keeps reading while this waits, so a hub
+    /// method may await its own caller without raising the parallel-invocation cap.
+    pub async fn invoke<T: DeserializeOwned>(
+        &self,
+        method: &str,
+        args: impl Serialize,
+    ) -> Result<T, Error> {
+        let timeout = self.hub.options.client_result_timeout;
+        self.invoke_with_timeout(method, args, timeout).await
+    }
+
+    /// [`SingleClientProxy::invoke`] with an explicit timeout.
+    pub async fn invoke_with_timeout<T: DeserializeOwned>(
+        &self,
+        method: &str,
+        args: impl Serialize,
+        timeout: Duration,
+    ) -> Result<T, Error> {
+        let conn = self
+            .hub
+            .registry
+            .get(&self.id)
+            .ok_or(Error::ConnectionNotFound)?;
+        let invocation_id = conn.next_invocation_id();
+        let msg = encode_invocation(method, &args, Some(invocation_id.clone()))?;
+        let (tx, rx) = oneshot::channel();
+        conn.pending_results.insert(invocation_id.clone(), tx);
+        if conn
+            .send_encoded(msg.for_protocol(conn.protocol).clone(), true)
+            .is_err()
+        {
+            conn.pending_results.remove(&invocation_id);
+            return Err(Error::ConnectionClosed);
+        }
+        let outcome = match tokio::time::timeout(timeout, rx).await {
+            Ok(Ok(o)) => o,
+            Ok(Err(_)) => return Err(Error::ConnectionClosed),
+            Err(_) => {
+                conn.pending_results.remove(&invocation_id);
+                return Err(Error::Timeout);
+            }
+        };
+        match outcome {
+            Outcome::Result(p) => conn
+                .protocol
+                .decode_value(&p)
+                .map_err(|e| Error::Serialization(e.to_string())),
+            Outcome::Error(e) => Err(Error::ClientError(e)),
+            Outcome::Void => serde_json::from_str("null")
+                .map_err(|_| Error::ClientError("Client didn't provide a result.".into())),
+        }
+    }
+}
+
+/// Adds connections to groups and removes them.
+#[derive(Clone)]
+pub struct Groups {
+    hub: Arc<HubShared>,
+}
+
+impl std::fmt::Debug for Groups {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Groups")
+    }
+}
+
+impl Groups {
+    pub(crate) fn new(hub: Arc<HubShared>) -> Self {
+        Self { hub }
+    }
+
+    /// Adds a connection to a group (group names are case-sensitive). Membership ends with
+    /// the connection.
+    pub async fn add(&self, connection_id: &str, group: &str) -> Result<(), Error> {
+        let max = self.hub.options.maximum_groups_per_connection;
+        match self.hub.registry.add_to_group(connection_id, group, max) {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(Error::ConnectionNotFound),
+            Err(()) => Err(Error::Backplane(format!(
+                "a connection may belong to at most {max} groups"
+            ))),
+        }
+    }
+
+    /// Removes a connection from a group.
+    pub async fn remove(&self, connection_id: &str, group: &str) -> Result<(), Error> {
+        if self.hub.registry.remove_from_group(connection_id, group) {
+            Ok(())
+        } else {
+            Err(Error::ConnectionNotFound)
+        }
+    }
+
+    /// Members of a group.
+    pub fn members(&self, group: &str) -> Vec<String> {
+        self.hub.registry.group_members(group)
+    }
+}

@@ -1,0 +1,145 @@
+//! [`HubBuilder`]: registers methods, hooks, filters, state and options.
+
+use std::any::{Any, TypeId};
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use super::{Hub, HubShared, Method, MethodKind};
+use crate::filter::{Filter, Filters};
+use crate::handler::{Handler, StreamHandler, UnaryFn, erase_stream, erase_unary};
+use crate::options::HubOptions;
+
+/// Builds a [`Hub`].
+#[must_use]
+pub struct HubBuilder {
+    name: String,
+    methods: HashMap<String, Arc<Method>>,
+    on_connected: Vec<UnaryFn>,
+    on_disconnected: Vec<UnaryFn>,
+    filters: Filters,
+    state: HashMap<TypeId, Box<dyn Any + Send + Sync>>,
+    options: HubOptions,
+}
+
+impl std::fmt::Debug for HubBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HubBuilder")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl HubBuilder {
+    pub(super) fn new() -> Self {
+        Self {
+            name: "Hub".into(),
+            methods: HashMap::new(),
+            on_connected: Vec::new(),
+            on_disconnected: Vec::new(),
+            filters: Filters::default(),
+            state: HashMap::new(),
+            options: HubOptions::default(),
+        }
+    }
+
+    /// The hub's name, used in logs and metrics. Defaults to `Hub`.
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = name.into();
+        self
+    }
+
+    fn insert(&mut self, name: &str, method: Method) {
+        let key = name.to_lowercase();
+        // ASP.NET forbids overloads; the last registration of a name wins, loudly.
+        if self.methods.insert(key, Arc::new(method)).is_some() {
+            tracing::warn!(
+                method = name,
+                "hub method registered twice; the last one wins"
+            );
+        }
+    }
+
+    /// Registers a method answered with one result. Names match case-insensitively.
+    pub fn method<H: Handler<T>, T>(mut self, name: &str, handler: H) -> Self {
+        self.insert(
+            name,
+            Method {
+                name: name.to_owned(),
+                streaming: false,
+                upload_streams: H::UPLOAD_STREAMS,
+                kind: MethodKind::Unary(erase_unary(handler)),
+            },
+        );
+        self
+    }
+
+    /// Registers a streaming method: its handler returns a `Stream` whose items become
+    /// StreamItems, ended by a Completion. The client cancels it with `dispose()`.
+    pub fn stream<H: StreamHandler<T>, T>(mut self, name: &str, handler: H) -> Self {
+        self.insert(
+            name,
+            Method {
+                name: name.to_owned(),
+                streaming: true,
+                upload_streams: H::UPLOAD_STREAMS,
+                kind: MethodKind::Stream(erase_stream(handler)),
+            },
+        );
+        self
+    }
+
+    /// Runs when a connection has completed its handshake. An `Err` refuses the connection:
+    /// the client gets a Close with an error.
+    pub fn on_connected<H: Handler<T>, T>(mut self, handler: H) -> Self {
+        self.on_connected.push(erase_unary(handler));
+        self
+    }
+
+    /// Runs when a connection has ended, after it left its groups.
+    pub fn on_disconnected<H: Handler<T>, T>(mut self, handler: H) -> Self {
+        self.on_disconnected.push(erase_unary(handler));
+        self
+    }
+
+    /// Adds a filter around every invocation; the first added runs outermost.
+    pub fn filter(mut self, filter: Filter) -> Self {
+        self.filters.push(filter);
+        self
+    }
+
+    /// Shares `state` with every handler through the `State<S>` extractor.
+    pub fn state<S: Clone + Send + Sync + 'static>(mut self, state: S) -> Self {
+        self.state.insert(TypeId::of::<S>(), Box::new(state));
+        self
+    }
+
+    /// Sets every option at once.
+    pub fn options(mut self, options: HubOptions) -> Self {
+        self.options = options;
+        self
+    }
+
+    /// Changes some options: `.configure(|o| o.enable_detailed_errors = true)`.
+    pub fn configure(mut self, f: impl FnOnce(&mut HubOptions)) -> Self {
+        f(&mut self.options);
+        self
+    }
+
+    /// Builds the hub.
+    pub fn build(self) -> Hub {
+        let stats = Arc::new(super::HubStats::default());
+        Hub {
+            shared: Arc::new(HubShared {
+                name: self.name.into(),
+                methods: Arc::new(self.methods),
+                on_connected: self.on_connected.into(),
+                on_disconnected: self.on_disconnected.into(),
+                filters: Arc::new(self.filters),
+                state: Arc::new(self.state),
+                options: Arc::new(self.options),
+                registry: Arc::default(),
+                stats,
+            }),
+        }
+    }
+}
