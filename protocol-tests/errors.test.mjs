@@ -102,8 +102,12 @@ matrixTest('stream() of the non-streaming Echo → exact error', { needs: ['stre
   await assertUsable(conn);
 });
 
-for (const path of ['/testhub', '/testhub-nodetails']) {
-  matrixTest(`a message over 32 KiB from the client closes the connection with an error (${path}); the server stays healthy`, {}, async (t, cell) => {
+for (const [path, cells] of [
+  ['/testhub', undefined],
+  ['/testhub-nodetails', undefined],
+  ['/testhub-nowebsockets', NO_WS_CELLS],
+]) {
+  matrixTest(`a message over 32 KiB from the client closes the connection with an error (${path}); the server stays healthy`, { cells }, async (t, cell) => {
     const conn = await connect(t, base, cell, { path });
     const pending = conn.invoke('Echo', 'q'.repeat(40_000)).then(
       (v) => ({ ok: true, v }),

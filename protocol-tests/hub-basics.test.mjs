@@ -183,10 +183,18 @@ matrixTest('GenerateString(100000) and GenerateString(1000000): server→client 
   assert.equal(await conn.invoke('Echo', 'after'), 'after');
 });
 
-matrixTest('Echo of a 30 000-char string (below the 32 KiB receive limit) works', {}, async (t, cell) => {
+matrixTest('Echo of a 32 600-char string (a message just below the 32 KiB receive limit) works', {}, async (t, cell) => {
   const conn = await connect(t, base, cell);
-  const s = 'y'.repeat(30_000);
+  const s = 'y'.repeat(32_600);
   assert.equal(await conn.invoke('Echo', s), s);
+});
+
+matrixTest('the 32 KiB limit is per message: three 20 000-char Echoes sent at once (batched by the client) all work', {}, async (t, cell) => {
+  const conn = await connect(t, base, cell);
+  const inputs = ['a', 'b', 'c'].map((ch) => ch.repeat(20_000));
+  const outs = await withTimeout(Promise.all(inputs.map((s) => conn.invoke('Echo', s))), 20_000, 'three large echoes');
+  assert.deepStrictEqual(outs, inputs);
+  assert.equal(conn.closeCount(), 0);
 });
 
 matrixTest('send() (no completion) runs the method: SendToCaller → Broadcast', {}, async (t, cell) => {

@@ -98,6 +98,7 @@ matrixTest('cancelling Counter mid-way stops the server sending items', S, async
   });
   await withTimeout(got3.promise, 10_000, 'three Counter items');
   assert.deepStrictEqual(c.items, [0, 1, 2]);
+  assert.ok(conn.log.count(/data received/) >= 3, 'the transport trace shows deliveries (sanity check of the probe)');
   // let in-flight items drain, then watch the wire (the client's transport trace) for a while
   await sleep(300);
   const since = Date.now();

@@ -191,3 +191,23 @@ ptest('[raw ServerSentEvents/json] event-stream headers; handshake and completio
     sse.close();
   }
 });
+
+ptest('[raw LongPolling/json] after the server ends a connection (CloseConnection) the next poll returns 204, not 404', { needs: ['longpolling', 'close-connection'] }, async () => {
+  const n = await negotiate(base, '/testhub');
+  const url = `${base}/testhub?id=${n.json.connectionToken}`;
+  try {
+    assert.equal((await request(url, { timeout: 5_000 })).status, 200);
+    assert.equal((await request(url, { method: 'POST', body: `{"protocol":"json","version":1}${RS}` })).status, 200);
+    const [hs] = await collectRecordsLp(url, (r) => r.length >= 1);
+    assert.equal(hs, '{}');
+    const post = await request(url, { method: 'POST', body: `{"type":1,"target":"CloseConnection","arguments":["bye",false]}${RS}` });
+    assert.equal(post.status, 200);
+    const recs = await collectRecordsLp(url, (r) => r.some((x) => JSON.parse(x).type === 7));
+    const close = recs.map((x) => JSON.parse(x)).find((m) => m.type === 7);
+    assert.equal(close.error, 'bye');
+    const next = await request(url, { timeout: 10_000 });
+    assert.equal(next.status, 204, `poll after the end: ${next.status}`);
+  } finally {
+    await request(url, { method: 'DELETE' }).catch(() => {});
+  }
+});

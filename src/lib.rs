@@ -33,6 +33,7 @@ mod connection;
 pub mod context;
 mod dispatch;
 pub mod error;
+pub mod eventlog;
 pub mod extract;
 pub mod filter;
 pub mod handler;
