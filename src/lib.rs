@@ -41,6 +41,7 @@ pub mod hub;
 pub mod options;
 pub mod protocol;
 pub mod registry;
+pub mod server;
 pub mod service;
 pub mod transport;
 pub mod value;
