@@ -43,7 +43,17 @@ pub fn parse_request(
     buf: &mut BytesMut,
     max_size: Option<usize>,
 ) -> Result<Option<HandshakeRequest>, ProtocolError> {
-    let Some(record) = json::split_record(buf, max_size)? else {
+    parse_request_with(&mut json::RecordSplitter::new(), buf, max_size)
+}
+
+/// [`parse_request`] for a buffer that grows between calls: `splitter` remembers how much of it
+/// was already searched, so a handshake dribbled one byte per frame costs linear time.
+pub fn parse_request_with(
+    splitter: &mut json::RecordSplitter,
+    buf: &mut BytesMut,
+    max_size: Option<usize>,
+) -> Result<Option<HandshakeRequest>, ProtocolError> {
+    let Some(record) = splitter.split(buf, max_size)? else {
         return Ok(None);
     };
     let text = std::str::from_utf8(&record)

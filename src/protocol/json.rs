@@ -93,11 +93,25 @@ pub fn write_message(msg: &HubMessage, out: &mut Vec<u8>) {
 /// `Ok(None)` means no complete record is buffered yet. A record (or, before its separator
 /// arrives, the buffered bytes) longer than `max_size` is [`ProtocolError::MessageTooLarge`], so a
 /// peer cannot grow the buffer without bound by never sending `0x1E`.
+///
+/// This stateless form searches `buf` from its start on every call; a reader that appends to
+/// one buffer between calls should keep a [`RecordSplitter`] (or a
+/// [`MessageParser`](super::MessageParser)) instead, so that a peer dribbling a record one byte
+/// per frame costs linear rather than quadratic time.
 pub fn parse_message(
     buf: &mut BytesMut,
     max_size: Option<usize>,
 ) -> Result<Option<HubMessage>, ProtocolError> {
-    match split_record(buf, max_size)? {
+    parse_message_with(&mut RecordSplitter::new(), buf, max_size)
+}
+
+/// [`parse_message`] with the splitter state of the buffer's reader.
+pub fn parse_message_with(
+    splitter: &mut RecordSplitter,
+    buf: &mut BytesMut,
+    max_size: Option<usize>,
+) -> Result<Option<HubMessage>, ProtocolError> {
+    match splitter.split(buf, max_size)? {
         Some(record) => parse_record(&record).map(Some),
         None => Ok(None),
     }
@@ -108,20 +122,70 @@ pub(crate) fn split_record(
     buf: &mut BytesMut,
     max_size: Option<usize>,
 ) -> Result<Option<Bytes>, ProtocolError> {
-    match buf.iter().position(|&b| b == RECORD_SEPARATOR) {
-        None => match max_size {
-            Some(limit) if buf.len() > limit => Err(ProtocolError::MessageTooLarge { limit }),
-            _ => Ok(None),
-        },
-        Some(end) => {
-            if let Some(limit) = max_size
-                && end > limit
-            {
-                return Err(ProtocolError::MessageTooLarge { limit });
+    RecordSplitter::new().split(buf, max_size)
+}
+
+/// Finds record boundaries in a buffer that only grows at its end between calls, remembering
+/// how far it has already searched.
+///
+/// Each byte is examined once however the record is cut into frames: a peer that sends a
+/// 32 KiB record one byte per WebSocket frame costs 32 Ki byte comparisons, not 512 Mi. The
+/// contract: between two calls the buffer may only be appended to; anything else (clearing
+/// it, taking bytes off its front) needs [`RecordSplitter::reset`].
+#[derive(Debug, Default, Clone)]
+pub struct RecordSplitter {
+    /// Bytes at the front of the buffer known to hold no separator.
+    scanned: usize,
+}
+
+impl RecordSplitter {
+    /// A splitter for an empty (or not yet searched) buffer.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Forgets what was searched (the buffer was changed other than by appending).
+    pub fn reset(&mut self) {
+        self.scanned = 0;
+    }
+
+    /// Bytes at the front of the buffer already known to hold no separator.
+    pub fn scanned(&self) -> usize {
+        self.scanned
+    }
+
+    /// Splits one record (without its separator) off `buf`, consuming the separator too.
+    ///
+    /// `Ok(None)`: no separator yet. [`ProtocolError::MessageTooLarge`] as soon as the record
+    /// is known to be longer than `max_size`, whether or not its separator has arrived.
+    pub fn split(
+        &mut self,
+        buf: &mut BytesMut,
+        max_size: Option<usize>,
+    ) -> Result<Option<Bytes>, ProtocolError> {
+        let from = self.scanned.min(buf.len());
+        match memchr::memchr(RECORD_SEPARATOR, &buf[from..]) {
+            None => {
+                self.scanned = buf.len();
+                match max_size {
+                    Some(limit) if buf.len() > limit => {
+                        Err(ProtocolError::MessageTooLarge { limit })
+                    }
+                    _ => Ok(None),
+                }
             }
-            let mut record = buf.split_to(end + 1);
-            record.truncate(end);
-            Ok(Some(record.freeze()))
+            Some(at) => {
+                let end = from + at;
+                self.scanned = 0;
+                if let Some(limit) = max_size
+                    && end > limit
+                {
+                    return Err(ProtocolError::MessageTooLarge { limit });
+                }
+                let mut record = buf.split_to(end + 1);
+                record.truncate(end);
+                Ok(Some(record.freeze()))
+            }
         }
     }
 }
@@ -918,6 +982,58 @@ pub(crate) mod tests {
             .unwrap();
     }
 
+    #[test]
+    fn splitter_searches_each_byte_once() {
+        // A 1 MiB record dribbled one byte per read: with a rescan from the start on every
+        // read this is 2^39 byte comparisons (hours); remembering the offset makes it 2^20.
+        let mut splitter = RecordSplitter::new();
+        let mut buf = BytesMut::new();
+        let n = 1 << 20;
+        let head: &[u8] = b"{\"type\":2,\"invocationId\":\"1\",\"item\":\"";
+        buf.extend_from_slice(head);
+        let started = std::time::Instant::now();
+        for _ in 0..n {
+            buf.extend_from_slice(b"a");
+            assert_eq!(splitter.split(&mut buf, None).unwrap(), None);
+            // The next search starts where this one stopped.
+            assert_eq!(splitter.scanned(), buf.len());
+        }
+        buf.extend_from_slice(b"\"}\x1e{\"type\":6}\x1e");
+        let record = splitter.split(&mut buf, None).unwrap().unwrap();
+        assert_eq!(record.len(), head.len() + n + 2);
+        assert_eq!(splitter.scanned(), 0);
+        assert_eq!(
+            parse_message_with(&mut splitter, &mut buf, None).unwrap(),
+            Some(HubMessage::Ping)
+        );
+        assert!(buf.is_empty());
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(30),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+
+    #[test]
+    fn splitter_enforces_the_limit_while_dribbling() {
+        let mut splitter = RecordSplitter::new();
+        let mut buf = BytesMut::new();
+        let limit = 32 * 1024;
+        for i in 1..=limit + 1 {
+            buf.extend_from_slice(b"x");
+            let got = splitter.split(&mut buf, Some(limit));
+            if i <= limit {
+                assert_eq!(got, Ok(None));
+            } else {
+                assert_eq!(got, Err(ProtocolError::MessageTooLarge { limit }));
+            }
+        }
+        // A reset after the buffer was replaced searches it again.
+        let mut buf = BytesMut::from(&b"{\"type\":6}\x1e"[..]);
+        splitter.reset();
+        assert!(splitter.split(&mut buf, Some(limit)).unwrap().is_some());
+    }
+
     // ---- property tests, shared with the MessagePack tests ----
 
     fn any_value() -> impl Strategy<Value = serde_json::Value> {
@@ -1065,6 +1181,33 @@ pub(crate) mod tests {
         fn arbitrary_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..64)) {
             let mut buf = BytesMut::from(&bytes[..]);
             let _ = parse_message(&mut buf, Some(32));
+        }
+
+        #[test]
+        fn incremental_parser_agrees_with_stateless(
+            msgs in prop::collection::vec(any_message(Protocol::Json), 1..6),
+            cuts in prop::collection::vec(any::<usize>(), 0..12),
+        ) {
+            let mut bytes = Vec::new();
+            for msg in &msgs {
+                write_message(msg, &mut bytes);
+            }
+            let mut cuts: Vec<usize> = cuts.iter().map(|c| c % (bytes.len() + 1)).collect();
+            cuts.push(bytes.len());
+            cuts.sort_unstable();
+            let mut parser = crate::protocol::MessageParser::new(Protocol::Json);
+            let mut buf = BytesMut::new();
+            let mut got = Vec::new();
+            let mut from = 0;
+            for cut in cuts {
+                buf.extend_from_slice(&bytes[from..cut]);
+                from = cut;
+                while let Some(msg) = parser.parse(&mut buf, Some(1 << 20)).unwrap() {
+                    got.push(msg);
+                }
+            }
+            prop_assert!(buf.is_empty());
+            prop_assert_eq!(got, msgs);
         }
     }
 }

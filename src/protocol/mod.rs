@@ -287,16 +287,64 @@ impl Protocol {
     }
 
     /// Decodes one value encoded in this protocol.
+    ///
+    /// The bytes are checked first, whatever their origin: nesting deeper than [`MAX_DEPTH`]
+    /// is refused before any recursive decoder sees it, and every MessagePack length and
+    /// element count must be backed by the bytes present, so a lying `array32` header cannot
+    /// make the typed decoder pre-allocate for elements that do not exist.
     pub fn decode_value<T: serde::de::DeserializeOwned>(
         self,
         payload: &Payload,
     ) -> Result<T, ProtocolError> {
         match self {
-            Self::Json => serde_json::from_slice(&payload.0)
-                .map_err(|e| ProtocolError::invalid(e.to_string())),
+            Self::Json => {
+                json::check_depth(&payload.0, 0)?;
+                serde_json::from_slice(&payload.0)
+                    .map_err(|e| ProtocolError::invalid(e.to_string()))
+            }
             Self::MessagePack => {
+                messagepack::skip_value(&payload.0, 0)?;
                 rmp_serde::from_slice(&payload.0).map_err(|e| ProtocolError::invalid(e.to_string()))
             }
+        }
+    }
+}
+
+/// Reads one connection's inbound hub messages from a buffer that grows between calls.
+///
+/// Unlike [`Protocol::parse_message`], it remembers how much of a partial JSON record it has
+/// already searched for the separator, so a peer dribbling a message one byte per frame costs
+/// linear time. MessagePack frames carry their length up front and need no search. The
+/// contract of [`json::RecordSplitter`] applies: between calls the buffer is only appended to.
+#[derive(Debug, Clone)]
+pub struct MessageParser {
+    protocol: Protocol,
+    records: json::RecordSplitter,
+}
+
+impl MessageParser {
+    /// A parser for a connection speaking `protocol`, starting at the buffer's front.
+    pub fn new(protocol: Protocol) -> Self {
+        Self {
+            protocol,
+            records: json::RecordSplitter::new(),
+        }
+    }
+
+    /// The protocol parsed.
+    pub fn protocol(&self) -> Protocol {
+        self.protocol
+    }
+
+    /// Takes one whole message off the front of `buf`; see [`Protocol::parse_message`].
+    pub fn parse(
+        &mut self,
+        buf: &mut bytes::BytesMut,
+        max_size: Option<usize>,
+    ) -> Result<Option<HubMessage>, ProtocolError> {
+        match self.protocol {
+            Protocol::Json => json::parse_message_with(&mut self.records, buf, max_size),
+            Protocol::MessagePack => messagepack::parse_message(buf, max_size),
         }
     }
 }
