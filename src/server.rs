@@ -15,6 +15,8 @@
 //!   capped at [`ServerOptions::max_buf_size`] (hyper answers `431` beyond);
 //! - `TCP_NODELAY` is set on every accepted socket (small hub messages go out at once);
 //! - HTTP/1.1 upgrades (WebSockets) work;
+//! - [`bind`] asks for a listen backlog of 4 096 instead of tokio's 128, so a reconnect storm
+//!   does not overflow the kernel's accept queue;
 //! - accept errors such as `EMFILE` back off instead of spinning or ending the server;
 //! - [`ServerOptions::max_connections`] optionally bounds concurrent HTTP connections (further
 //!   clients wait in the listen backlog);
@@ -26,7 +28,7 @@
 //!
 //! ```no_run
 //! # async fn run(service: tidings::HubService) -> std::io::Result<()> {
-//! let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+//! let listener = tidings::server::bind("127.0.0.1:0").await?;
 //! let shutdown = async {
 //!     let _ = tokio::signal::ctrl_c().await;
 //! };
@@ -207,6 +209,84 @@ impl Body for RequestBody {
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
     }
+}
+
+/// How [`bind_with`] sets up the listening socket.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct ListenOptions {
+    /// The listen backlog asked for (the kernel caps it at `net.core.somaxconn`).
+    /// Defaults to 4 096.
+    pub backlog: u32,
+    /// `SO_SNDBUF` of the listener, which accepted sockets inherit; `None` leaves the kernel's
+    /// autotuning (on Linux up to `net.ipv4.tcp_wmem`'s maximum, often 4 MiB per socket).
+    ///
+    /// A small value bounds the kernel memory one client that stops reading can pin and lets
+    /// the transport send timeout notice the stall sooner; too small a value slows fast
+    /// clients on long, high-latency links. Defaults to `None`.
+    pub send_buffer_size: Option<u32>,
+}
+
+impl Default for ListenOptions {
+    fn default() -> Self {
+        Self {
+            backlog: 4096,
+            send_buffer_size: None,
+        }
+    }
+}
+
+impl ListenOptions {
+    /// Sets [`ListenOptions::backlog`].
+    pub fn backlog(mut self, backlog: u32) -> Self {
+        self.backlog = backlog;
+        self
+    }
+
+    /// Sets [`ListenOptions::send_buffer_size`].
+    pub fn send_buffer_size(mut self, size: Option<u32>) -> Self {
+        self.send_buffer_size = size;
+        self
+    }
+}
+
+/// Binds a listener for [`serve`] with [`ListenOptions::default`]: `SO_REUSEADDR` (a restart
+/// does not wait for `TIME_WAIT`) and a listen backlog of 4 096.
+///
+/// `tokio::net::TcpListener::bind` asks for a backlog of 128: a burst of more connections than
+/// that (a reconnect storm after a deploy) overflows the kernel's accept queue, and the
+/// overflowing clients see their handshake stall for seconds of SYN-ACK retries.
+pub async fn bind(addr: impl tokio::net::ToSocketAddrs) -> std::io::Result<TcpListener> {
+    bind_with(addr, &ListenOptions::default()).await
+}
+
+/// [`bind`] with explicit options.
+pub async fn bind_with(
+    addr: impl tokio::net::ToSocketAddrs,
+    options: &ListenOptions,
+) -> std::io::Result<TcpListener> {
+    let mut last = None;
+    for addr in tokio::net::lookup_host(addr).await? {
+        let socket = if addr.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        socket.set_reuseaddr(true)?;
+        if let Some(size) = options.send_buffer_size {
+            socket.set_send_buffer_size(size)?;
+        }
+        match socket
+            .bind(addr)
+            .and_then(|()| socket.listen(options.backlog))
+        {
+            Ok(listener) => return Ok(listener),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| {
+        std::io::Error::new(std::io::ErrorKind::InvalidInput, "no address to bind")
+    }))
 }
 
 /// Serves `service` on `listener` with [`ServerOptions::default`] until `shutdown` completes,
