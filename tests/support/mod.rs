@@ -147,8 +147,8 @@ pub struct Config {
     pub hub: HubOptions,
     pub transport: TransportOptions,
     pub server: ServerOptions,
+    pub listen: tidings::server::ListenOptions,
 }
-
 
 /// A server running in this process on 127.0.0.1.
 pub struct TestServer {
@@ -189,7 +189,9 @@ impl TestServer {
                 ("/echo", echo.clone()),
             ],
         };
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let listener = tidings::server::bind_with("127.0.0.1:0", &config.listen)
+            .await
+            .unwrap();
         let addr = listener.local_addr().unwrap();
         let stop = CancellationToken::new();
         let shutdown = stop.clone().cancelled_owned();
