@@ -36,6 +36,8 @@ pub mod error;
 pub mod eventlog;
 pub mod extract;
 pub mod filter;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod handler;
 pub mod hub;
 pub mod options;
