@@ -81,6 +81,12 @@ pub fn test_hub(configure: impl FnOnce(&mut HubOptions)) -> Hub {
             },
         )
         .stream("Stream", || async { stream::iter(["a", "b", "c"]) })
+        // Takes an upload stream and never reads it: once its buffer is full, the
+        // connection's reading stops (back-pressure), which the memory tests rely on.
+        .method("Stall", |items: ClientStream<String>| async move {
+            let _unread = items;
+            std::future::pending::<()>().await
+        })
         .build()
 }
 
