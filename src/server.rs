@@ -423,6 +423,49 @@ where
     Ok(())
 }
 
+/// A service taking requests whose body is [`RequestBody`], made from one that wants another
+/// body type; see [`map_request_body`].
+#[derive(Debug, Clone)]
+pub struct MapRequestBody<S, F> {
+    service: S,
+    map: F,
+}
+
+/// Adapts `service` to [`serve`] by converting each request body with `map`.
+///
+/// An `axum::Router` takes any body and needs no adapter, but a router wrapped in axum
+/// middleware (`middleware::from_fn`) wants `axum::body::Body`:
+///
+/// ```ignore
+/// let app = tower_layer::Layer::layer(&axum::middleware::from_fn(my_middleware), router);
+/// tidings::server::serve(listener, map_request_body(app, axum::body::Body::new), shutdown).await
+/// ```
+pub fn map_request_body<S, F, B>(service: S, map: F) -> MapRequestBody<S, F>
+where
+    S: tower_service::Service<Request<B>>,
+    F: Fn(RequestBody) -> B + Clone,
+{
+    MapRequestBody { service, map }
+}
+
+impl<S, F, B> tower_service::Service<Request<RequestBody>> for MapRequestBody<S, F>
+where
+    S: tower_service::Service<Request<B>>,
+    F: Fn(RequestBody) -> B + Clone,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.service.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<RequestBody>) -> Self::Future {
+        self.service.call(req.map(&self.map))
+    }
+}
+
 /// Errors of one incoming connection, not of the listener: try the next one at once.
 fn is_connection_error(e: &std::io::Error) -> bool {
     matches!(

@@ -458,3 +458,90 @@ async fn header_floods_get_431() {
     canary.check(&server).await;
     canary.close().await;
 }
+
+/// `tidings::server` serves what the binary and the test server are built from: an axum router
+/// with hub services nested in it and `middleware::from_fn` layers around it.
+#[tokio::test]
+async fn serves_an_axum_router_with_middleware() {
+    use axum::extract::Request;
+    use axum::middleware::{self, Next};
+    use axum::response::Response;
+
+    async fn tag(req: Request, next: Next) -> Response {
+        let mut res = next.run(req).await;
+        res.headers_mut()
+            .insert("x-tagged", http::HeaderValue::from_static("yes"));
+        res
+    }
+
+    let hub = support::test_hub(|_| {});
+    let router = axum::Router::new()
+        .nest_service("/hub", hub.service(TransportOptions::default()))
+        .route("/ping", axum::routing::get(|| async { "pong" }));
+    let app = tower_layer::Layer::layer(&middleware::from_fn(tag), router);
+    let listener = tidings::server::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let server = tokio::spawn(tidings::server::serve(
+        listener,
+        tidings::server::map_request_body(app, axum::body::Body::new),
+        stop.clone().cancelled_owned(),
+    ));
+    let res = http(addr, Method::GET, "/ping", &[], Bytes::new()).await;
+    assert_eq!(res.text(), "pong");
+    assert_eq!(res.headers["x-tagged"], "yes");
+    let mut ws = ws_json(&format!("ws://{addr}/hub")).await;
+    assert_eq!(invoke(&mut ws, "1", "Add", "[20,22]").await["result"], 42);
+    let lp = LongPoll::connect(addr, "/hub").await;
+    assert_eq!(lp.invoke("2", "Echo", "[\"lp\"]").await["result"], "lp");
+    // Graceful shutdown: the listener closes; in-flight HTTP ends; the loop returns.
+    stop.cancel();
+    step("graceful shutdown", server).await.unwrap().unwrap();
+    assert!(tokio::net::TcpStream::connect(addr).await.is_err());
+}
+
+#[tokio::test]
+async fn graceful_shutdown_is_bounded_by_its_timeout() {
+    let server = TestServer::with(Config {
+        server: tidings::server::ServerOptions::default()
+            .graceful_shutdown_timeout(Duration::from_millis(500)),
+        ..Config::default()
+    })
+    .await;
+    let lp = LongPoll::connect(server.addr, "/hub").await;
+    // A poll held by the server (90 s by default) and an idle keep-alive connection.
+    let addr = server.addr;
+    let url = lp.url();
+    let held = tokio::spawn(async move {
+        let mut raw = tokio::net::TcpStream::connect(addr).await.unwrap();
+        raw.write_all(format!("GET {url} HTTP/1.1\r\nhost: x\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
+        let mut buf = vec![0u8; 1024];
+        let n = raw.read(&mut buf).await.unwrap_or(0);
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    });
+    let mut idle = tokio::net::TcpStream::connect(addr).await.unwrap();
+    idle.write_all(b"GET /nowhere HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 1024];
+    let n = idle.read(&mut buf).await.unwrap();
+    assert!(buf[..n].starts_with(b"HTTP/1.1 404"));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    let started = std::time::Instant::now();
+    server.stop().await;
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(3), "shutdown took {took:?}");
+    // The idle connection was closed at once; the held poll was dropped at the timeout.
+    assert_eq!(
+        step("idle closed", idle.read(&mut buf)).await.unwrap_or(0),
+        0
+    );
+    let answer = step("held poll", held).await.unwrap();
+    assert!(
+        answer.is_empty() || answer.starts_with("HTTP/1.1"),
+        "{answer}"
+    );
+}

@@ -96,6 +96,7 @@ fn sample(server_rt: &tokio::runtime::Handle) -> Sample {
 
 #[derive(Default)]
 struct Counters {
+    /// Hub messages (records) received, per transport.
     ws_messages: AtomicU64,
     sse_events: AtomicU64,
     lp_messages: AtomicU64,
@@ -190,7 +191,8 @@ async fn ws_client(
             }
             msg = ws.next() => match msg {
                 Some(Ok(Message::Text(t))) => {
-                    counters.ws_messages.fetch_add(1, Ordering::Relaxed);
+                    let records = t.as_bytes().iter().filter(|&&b| b == 0x1e).count();
+                    counters.ws_messages.fetch_add(records as u64, Ordering::Relaxed);
                     record_latency(t.as_str(), epoch, &counters);
                 }
                 Some(Ok(_)) => {}
@@ -268,7 +270,7 @@ async fn sse_client(
                 frame = body.frame() => match frame {
                     Some(Ok(f)) => {
                         if let Ok(data) = f.into_data() {
-                            let n = data.windows(2).filter(|w| w == b"\r\n").count() / 2;
+                            let n = data.iter().filter(|&&b| b == 0x1e).count();
                             counters.sse_events.fetch_add(n as u64, Ordering::Relaxed);
                         }
                     }
