@@ -72,7 +72,9 @@ pub fn check(protocol: Protocol, cuts: u8, data: &[u8]) {
     for msg in &whole {
         let bytes = protocol.encode_message(msg);
         let mut buf = BytesMut::from(&bytes[..]);
-        let again = protocol.parse_message(&mut buf, None).expect("re-encoded message parses");
+        let again = protocol
+            .parse_message(&mut buf, None)
+            .expect("re-encoded message parses");
         assert_eq!(again.as_ref(), Some(msg), "round trip");
         assert!(buf.is_empty());
         bind_payloads(protocol, msg);
