@@ -19,7 +19,7 @@ use crate::transport::manager::lock;
 use crate::transport::{CloseKind, ConnectionInfo, Frame, Outbound, SendError};
 
 /// One message encoded once per protocol, ready to be queued for any number of connections.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EncodedMessage {
     /// The JSON encoding (framed).
     pub json: Bytes,
@@ -182,6 +182,19 @@ pub enum Target {
     Users(Vec<String>),
 }
 
+/// What a group command did to a local connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GroupChange {
+    /// The membership changed.
+    Changed,
+    /// It already was as asked (a member already, or not a member).
+    Unchanged,
+    /// The connection is not on this node.
+    NotFound,
+    /// The connection is in `maximum_groups_per_connection` groups already.
+    LimitReached,
+}
+
 /// A hub's live connections on this node, with group and user indexes.
 #[derive(Debug, Default)]
 pub struct Registry {
@@ -201,15 +214,17 @@ impl Registry {
         self.connections.insert(conn.id.clone(), conn);
     }
 
-    pub(crate) fn remove(&self, conn: &HubConnection) {
+    /// Removes a connection and its group memberships; returns the groups it was in.
+    pub(crate) fn remove(&self, conn: &HubConnection) -> Vec<String> {
         self.connections.remove(&conn.id);
         let groups: Vec<String> = lock(&conn.groups).drain().collect();
-        for g in groups {
-            self.remove_from_index(&self.groups, &g, &conn.id);
+        for g in &groups {
+            self.remove_from_index(&self.groups, g, &conn.id);
         }
         if let Some(user) = &conn.user_id {
             self.remove_from_index(&self.users, user, &conn.id);
         }
+        groups
     }
 
     fn remove_from_index(&self, index: &DashMap<String, HashSet<String>>, key: &str, id: &str) {
@@ -239,20 +254,18 @@ impl Registry {
         self.connections.is_empty()
     }
 
-    /// Adds connection `id` to `group`; false when the connection is not on this node.
-    pub(crate) fn add_to_group(
-        &self,
-        id: &str,
-        group: &str,
-        max_groups: usize,
-    ) -> Result<bool, ()> {
+    /// Adds connection `id` to `group`.
+    pub(crate) fn add_to_group(&self, id: &str, group: &str, max_groups: usize) -> GroupChange {
         let Some(conn) = self.get(id) else {
-            return Ok(false);
+            return GroupChange::NotFound;
         };
         {
             let mut groups = lock(&conn.groups);
-            if !groups.contains(group) && groups.len() >= max_groups {
-                return Err(());
+            if groups.contains(group) {
+                return GroupChange::Unchanged;
+            }
+            if groups.len() >= max_groups {
+                return GroupChange::LimitReached;
             }
             groups.insert(group.to_owned());
         }
@@ -260,17 +273,39 @@ impl Registry {
             .entry(group.to_owned())
             .or_default()
             .insert(id.to_owned());
-        Ok(true)
+        GroupChange::Changed
     }
 
-    /// Removes connection `id` from `group`; false when the connection is not on this node.
-    pub(crate) fn remove_from_group(&self, id: &str, group: &str) -> bool {
+    /// Removes connection `id` from `group`.
+    pub(crate) fn remove_from_group(&self, id: &str, group: &str) -> GroupChange {
         let Some(conn) = self.get(id) else {
-            return false;
+            return GroupChange::NotFound;
         };
-        lock(&conn.groups).remove(group);
+        if !lock(&conn.groups).remove(group) {
+            return GroupChange::Unchanged;
+        }
         self.remove_from_index(&self.groups, group, id);
-        true
+        GroupChange::Changed
+    }
+
+    /// Whether `group` has a member on this node.
+    pub fn has_group(&self, group: &str) -> bool {
+        self.groups.contains_key(group)
+    }
+
+    /// Whether `user` has a connection on this node.
+    pub fn has_user(&self, user: &str) -> bool {
+        self.users.contains_key(user)
+    }
+
+    /// Names of the groups with a member on this node.
+    pub fn group_names(&self) -> Vec<String> {
+        self.groups.iter().map(|g| g.key().clone()).collect()
+    }
+
+    /// Users with a connection on this node.
+    pub fn user_ids(&self) -> Vec<String> {
+        self.users.iter().map(|u| u.key().clone()).collect()
     }
 
     /// Members of `group` on this node.

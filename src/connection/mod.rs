@@ -97,6 +97,9 @@ pub(crate) async fn run(hub: Arc<HubShared>, mut io: ConnectionIo) {
 
     // 2. Registration and the on-connected hook.
     hub.registry.add(conn.clone());
+    if let Some(backplane) = &hub.backplane {
+        backplane.connection_added(&conn).await;
+    }
     hub.stats.connected(transport);
     if let Err(e) = dispatch::on_connected(&hub, &conn).await {
         let detail = if options.enable_detailed_errors {
@@ -144,7 +147,10 @@ pub(crate) async fn run(hub: Arc<HubShared>, mut io: ConnectionIo) {
             conn.close_transport(kind);
         }
     }
-    hub.registry.remove(&conn);
+    let groups = hub.registry.remove(&conn);
+    if let Some(backplane) = &hub.backplane {
+        backplane.connection_removed(&conn, &groups);
+    }
     conn.pending_results.clear();
     dispatch::on_disconnected(&hub, &conn).await;
     hub.stats.disconnected(transport);

@@ -19,6 +19,7 @@ pub struct HubBuilder {
     filters: Filters,
     state: HashMap<TypeId, Box<dyn Any + Send + Sync>>,
     options: HubOptions,
+    backplane: Option<Arc<dyn crate::backplane::Backplane>>,
 }
 
 impl std::fmt::Debug for HubBuilder {
@@ -39,6 +40,7 @@ impl HubBuilder {
             filters: Filters::default(),
             state: HashMap::new(),
             options: HubOptions::default(),
+            backplane: None,
         }
     }
 
@@ -125,9 +127,27 @@ impl HubBuilder {
         self
     }
 
+    /// Spans the hub over several processes through `backplane` (for example
+    /// `tidings::backplane::RedisBackplane`). Without one the hub is in-memory, single-node.
+    /// `build` must then run inside a Tokio runtime.
+    pub fn backplane(mut self, backplane: impl crate::backplane::Backplane) -> Self {
+        self.backplane = Some(Arc::new(backplane));
+        self
+    }
+
     /// Builds the hub.
     pub fn build(self) -> Hub {
         let stats = Arc::new(super::HubStats::default());
+        let registry: Arc<crate::registry::Registry> = Arc::default();
+        if let Some(backplane) = &self.backplane {
+            backplane.start(crate::backplane::Node {
+                hub_name: self.name.as_str().into(),
+                registry: registry.clone(),
+                stats: stats.clone(),
+                max_groups: self.options.maximum_groups_per_connection,
+                client_result_timeout: self.options.client_result_timeout,
+            });
+        }
         Hub {
             shared: Arc::new(HubShared {
                 name: self.name.into(),
@@ -137,8 +157,9 @@ impl HubBuilder {
                 filters: Arc::new(self.filters),
                 state: Arc::new(self.state),
                 options: Arc::new(self.options),
-                registry: Arc::default(),
+                registry,
                 stats,
+                backplane: self.backplane,
             }),
         }
     }

@@ -54,6 +54,8 @@ pub(crate) struct HubShared {
     pub(crate) options: Arc<HubOptions>,
     pub(crate) registry: Arc<Registry>,
     pub(crate) stats: Arc<HubStats>,
+    /// Other nodes of the cluster; `None` (the default) is in-memory, single-node.
+    pub(crate) backplane: Option<Arc<dyn crate::backplane::Backplane>>,
 }
 
 impl std::fmt::Debug for HubShared {
