@@ -164,6 +164,8 @@ pub struct BackplaneStatsSnapshot {
     pub epoch_resets: u64,
     /// Milliseconds the last recovery took (subscription lost → resubscribed and replayed).
     pub last_recovery_ms: u64,
+    /// When the last recovery ended, in milliseconds since the Unix epoch (0: never).
+    pub recovered_at_ms: u64,
 }
 
 /// What a backplane sees of its hub: delivery to this node's connections.

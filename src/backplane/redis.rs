@@ -27,7 +27,7 @@ use bytes::{Bytes, BytesMut};
 use dashmap::DashMap;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{ProtocolVersion, PushInfo, PushKind, Value};
-use tokio::sync::{Notify, mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot};
 
 use super::envelope::{self, Envelope};
 use super::{
@@ -114,6 +114,7 @@ struct Counters {
     lost: AtomicU64,
     epoch_resets: AtomicU64,
     last_recovery_ms: AtomicU64,
+    recovered_at_ms: AtomicU64,
 }
 
 fn inc(c: &AtomicU64) {
@@ -208,7 +209,6 @@ struct Inner {
     /// Decisions and the commands they queue happen under this lock, so they stay in order.
     local: Mutex<HashSet<String>>,
     resync: AtomicBool,
-    recover: Notify,
     stats: Counters,
 }
 
@@ -251,7 +251,6 @@ impl RedisBackplane {
                 returns: DashMap::new(),
                 local: Mutex::new(HashSet::new()),
                 resync: AtomicBool::new(true),
-                recover: Notify::new(),
                 stats: Counters::default(),
             }),
         }
@@ -448,6 +447,7 @@ impl Inner {
             lost: g(&s.lost),
             epoch_resets: g(&s.epoch_resets),
             last_recovery_ms: g(&s.last_recovery_ms),
+            recovered_at_ms: g(&s.recovered_at_ms),
         }
     }
 
@@ -1047,8 +1047,7 @@ async fn subscriptions(inner: Arc<Inner>, mut rx: mpsc::UnboundedReceiver<SubCmd
     }
 }
 
-/// The heartbeat: keeps this node alive in presence, sweeps dead nodes, and notices a lost
-/// subscription connection that said nothing.
+/// The heartbeat: keeps this node alive in presence and sweeps dead nodes.
 async fn heartbeat(weak: std::sync::Weak<Inner>) {
     let mut healthy = true;
     loop {
@@ -1068,12 +1067,6 @@ async fn heartbeat(weak: std::sync::Weak<Inner>) {
             // Redis may have lost our presence while we could not reach it.
             inner.resync.store(true, Ordering::Relaxed);
             let _ = inner.enqueue(Out::Flush(oneshot::channel().0));
-        }
-        let mut sub = inner.sub();
-        if let Ok(Err(e)) = tokio::time::timeout(period, ping(&mut sub)).await
-            && (e.is_unrecoverable_error() || e.is_io_error())
-        {
-            inner.recover.notify_one();
         }
         healthy = ok;
         drop(inner);
@@ -1100,22 +1093,16 @@ async fn subscriber(inner: Arc<Inner>, mut pushes: mpsc::UnboundedReceiver<PushI
     };
     // Start: subscribe to the fixed channels and take the stream's end as the cursor.
     recover(&inner, &mut cursor, true).await;
-    loop {
-        tokio::select! {
-            push = pushes.recv() => {
-                let Some(push) = push else { return };
-                match push.kind {
-                    PushKind::Message => handle_push(&inner, &mut cursor, push.data),
-                    PushKind::Disconnection => {
-                        tracing::warn!("backplane: Redis subscription lost; recovering");
-                        recover(&inner, &mut cursor, false).await;
-                    }
-                    _ => {}
-                }
-            }
-            () = inner.recover.notified() => {
+    // The connection manager reports every lost connection as a `Disconnection` push (and
+    // reconnects by itself); what was published meanwhile is replayed from the stream.
+    while let Some(push) = pushes.recv().await {
+        match push.kind {
+            PushKind::Message => handle_push(&inner, &mut cursor, push.data),
+            PushKind::Disconnection => {
+                tracing::warn!("backplane: Redis subscription lost; recovering");
                 recover(&inner, &mut cursor, false).await;
             }
+            _ => {}
         }
     }
 }
@@ -1150,6 +1137,11 @@ async fn recover(inner: &Arc<Inner>, cursor: &mut Cursor, first: bool) {
         inc(&inner.stats.reconnects);
         let ms = started.elapsed().as_millis() as u64;
         inner.stats.last_recovery_ms.store(ms, Ordering::Relaxed);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or_default();
+        inner.stats.recovered_at_ms.store(now, Ordering::Relaxed);
         tracing::info!(ms, "backplane: subscription restored");
     }
     inner.resync.store(true, Ordering::Relaxed);
