@@ -325,7 +325,8 @@ suite('scale-out over Redis', { concurrency: false }, () => {
 
     // Leaving ends presence
     await c2.conn.stop();
-    await sleep(200);
+    const until = Date.now() + 5_000;
+    while ((await a1.conn.invoke('IsUserConnected', 'carol')) && Date.now() < until) await sleep(50);
     assert.equal(await a1.conn.invoke('IsUserConnected', 'carol'), false);
     assert.equal(await a1.conn.invoke('ConnectionCount'), 3);
   });

@@ -51,7 +51,7 @@ pub struct RedisOptions {
     pub streams: bool,
     /// Approximate length the stream is trimmed to: the replay window. Default 100 000.
     pub stream_max_len: usize,
-    /// Hub messages (and control messages) waiting for Redis, at most. Default 10 000.
+    /// Hub messages (and control messages) waiting for Redis, at most. Default 65 536.
     pub buffer: usize,
     /// How long a group change for a connection on another node waits for its
     /// acknowledgement. Default 10 s.
@@ -73,7 +73,7 @@ impl RedisOptions {
             prefix: "tidings".into(),
             streams: true,
             stream_max_len: 100_000,
-            buffer: 10_000,
+            buffer: 65_536,
             ack_timeout: Duration::from_secs(10),
             subscribe_timeout: Duration::from_secs(2),
             heartbeat: Duration::from_secs(1),
@@ -209,6 +209,8 @@ struct Inner {
     /// Decisions and the commands they queue happen under this lock, so they stay in order.
     local: Mutex<HashSet<String>>,
     resync: AtomicBool,
+    /// False while the subscription is being recovered: joins then do not wait for Redis.
+    online: AtomicBool,
     stats: Counters,
 }
 
@@ -251,6 +253,7 @@ impl RedisBackplane {
                 returns: DashMap::new(),
                 local: Mutex::new(HashSet::new()),
                 resync: AtomicBool::new(true),
+                online: AtomicBool::new(false),
                 stats: Counters::default(),
             }),
         }
@@ -517,6 +520,10 @@ impl Inner {
     }
 
     async fn wait_all(&self, waits: Vec<oneshot::Receiver<()>>) {
+        if !self.online.load(Ordering::Relaxed) {
+            // Redis is away: the replay after recovery covers what this connection misses.
+            return;
+        }
         let all = futures_util::future::join_all(waits);
         if tokio::time::timeout(self.opts.subscribe_timeout, all)
             .await
@@ -893,7 +900,7 @@ fn resync_cmd(inner: &Inner) -> redis::Cmd {
     c
 }
 
-const BATCH: usize = 256;
+const BATCH: usize = 1024;
 
 /// Drains the outbound queue into Redis, in order, batching; retries a failed batch until
 /// Redis answers (idempotently: see `PUBLISH_LUA`).
@@ -1099,6 +1106,7 @@ async fn subscriber(inner: Arc<Inner>, mut pushes: mpsc::UnboundedReceiver<PushI
         match push.kind {
             PushKind::Message => handle_push(&inner, &mut cursor, push.data),
             PushKind::Disconnection => {
+                inner.online.store(false, Ordering::Relaxed);
                 tracing::warn!("backplane: Redis subscription lost; recovering");
                 recover(&inner, &mut cursor, false).await;
             }
@@ -1145,6 +1153,7 @@ async fn recover(inner: &Arc<Inner>, cursor: &mut Cursor, first: bool) {
         tracing::info!(ms, "backplane: subscription restored");
     }
     inner.resync.store(true, Ordering::Relaxed);
+    inner.online.store(true, Ordering::Relaxed);
 }
 
 async fn try_recover(inner: &Arc<Inner>, cursor: &mut Cursor, first: bool) -> Result<(), String> {
