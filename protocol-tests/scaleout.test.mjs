@@ -389,18 +389,23 @@ async function outage(t, { aof, tag }) {
     const pubsubKills = [200, 1200];
     let restartTime = 0;
     let watchers = [];
+    const before = {};
     const sendErrors = [];
     for (let i = 0; i < N; i++) {
-      if (i === killAt) await redis.kill('SIGKILL');
+      if (i === killAt) {
+        for (const node of [B, C]) before[node.name] = (await node.stats())[0].reconnects;
+        await redis.kill('SIGKILL');
+      }
       if (i === restartAt) {
-        restarted = await startRedis({ port: redis.port, dir: redis.dir, aof, name: `redis-${tag}` });
+        // From the moment the new Redis is spawned to the end of each node's recovery.
         restartTime = Date.now();
+        restarted = await startRedis({ port: redis.port, dir: redis.dir, aof, name: `redis-${tag}` });
         // Subscriptions back after the restart: when does each remote node finish recovering?
         watchers = [B, C].map(async (node) => {
           const deadline = Date.now() + 10_000;
           for (;;) {
             const [hub] = await node.stats();
-            if (hub && hub.recovered_at_ms >= restartTime) return [node.name, { after_restart_ms: hub.recovered_at_ms - restartTime, reconnects: hub.reconnects }];
+            if (hub && hub.reconnects > before[node.name]) return [node.name, { after_restart_ms: hub.recovered_at_ms - restartTime, reconnects: hub.reconnects }];
             if (Date.now() > deadline) throw new Error(`${node.name} did not report a recovered subscription: ${JSON.stringify(hub)}`);
             await sleep(20);
           }
