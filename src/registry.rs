@@ -60,6 +60,9 @@ pub struct HubConnection {
     pub(crate) aborted: CancellationToken,
     pub(crate) replay: Option<Mutex<ReplayBuffer>>,
     pub(crate) close_message: Mutex<Option<Close>>,
+    /// When the connection joined, in milliseconds since the Unix epoch (a backplane replay
+    /// does not hand it messages sent before).
+    pub(crate) connected_at_ms: u64,
 }
 
 impl HubConnection {
@@ -82,6 +85,10 @@ impl HubConnection {
             aborted: CancellationToken::new(),
             replay: stateful.then(|| Mutex::new(ReplayBuffer::new(replay_limit))),
             close_message: Mutex::new(None),
+            connected_at_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or_default(),
         }
     }
 
@@ -331,11 +338,21 @@ impl Registry {
 
     /// Queues `msg` for every local connection `target` names; returns how many.
     pub fn send(&self, target: &Target, msg: &EncodedMessage) -> usize {
+        self.send_where(target, msg, |_| true)
+    }
+
+    /// [`Registry::send`] to the connections `target` names that also pass `keep`.
+    pub fn send_where(
+        &self,
+        target: &Target,
+        msg: &EncodedMessage,
+        keep: impl Fn(&HubConnection) -> bool,
+    ) -> usize {
         let mut n = 0;
         match target {
             Target::All { except } => {
                 for c in self.connections.iter() {
-                    if !except.iter().any(|e| e == c.key()) {
+                    if !except.iter().any(|e| e == c.key()) && keep(c.value()) {
                         Self::deliver(c.value(), msg);
                         n += 1;
                     }
@@ -343,7 +360,7 @@ impl Registry {
             }
             Target::Connections(ids) => {
                 for id in ids {
-                    if let Some(c) = self.get(id) {
+                    if let Some(c) = self.get(id).filter(|c| keep(c)) {
                         Self::deliver(&c, msg);
                         n += 1;
                     }
@@ -358,7 +375,7 @@ impl Registry {
                     if except.iter().any(|e| e == id) || !seen.insert(id.as_str()) {
                         continue;
                     }
-                    if let Some(c) = self.get(id) {
+                    if let Some(c) = self.get(id).filter(|c| keep(c)) {
                         targets.push(c);
                     }
                 }
@@ -373,7 +390,7 @@ impl Registry {
                     .flat_map(|u| self.user_connections(u))
                     .collect();
                 for id in ids {
-                    if let Some(c) = self.get(&id) {
+                    if let Some(c) = self.get(&id).filter(|c| keep(c)) {
                         Self::deliver(&c, msg);
                         n += 1;
                     }

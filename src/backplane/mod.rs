@@ -197,6 +197,21 @@ impl Node {
         n
     }
 
+    /// [`Node::deliver`] of a message replayed after an interruption, sent at `sent_at_ms`
+    /// (milliseconds since the Unix epoch): connections that joined later do not get it.
+    pub fn deliver_replayed(
+        &self,
+        target: &Target,
+        message: &EncodedMessage,
+        sent_at_ms: u64,
+    ) -> usize {
+        let n = self
+            .registry
+            .send_where(target, message, |c| c.connected_at_ms <= sent_at_ms);
+        self.stats.sent(n as u64);
+        n
+    }
+
     /// Applies a group command from another node to a local connection.
     pub fn group_action(&self, connection_id: &str, group: &str, add: bool) -> GroupChange {
         if add {

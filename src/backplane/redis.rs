@@ -1358,7 +1358,7 @@ fn handle_push(inner: &Arc<Inner>, cursor: &mut Cursor, data: Vec<Value>) {
     };
     let body = payload.slice(sp2 + 1..);
     if &payload[..sp1] == b"-" {
-        deliver(inner, body, false);
+        deliver(inner, body, None);
         return;
     }
     let id = parse_id(&payload[..sp1]);
@@ -1386,10 +1386,11 @@ fn deliver_entry(
     }
     cursor.id = id;
     cursor.n = n;
-    deliver(inner, body, replayed);
+    deliver(inner, body, replayed.then_some(id.0));
 }
 
-fn deliver(inner: &Arc<Inner>, body: Bytes, replayed: bool) {
+/// `replayed`: the stream id's milliseconds (Redis' clock) when the entry comes from a replay.
+fn deliver(inner: &Arc<Inner>, body: Bytes, replayed: Option<u64>) {
     let env = match envelope::decode_envelope(body) {
         Ok(e) => e,
         Err(e) => {
@@ -1450,10 +1451,13 @@ fn deliver(inner: &Arc<Inner>, body: Bytes, replayed: bool) {
         });
         return;
     }
-    let n = node.deliver(&env.target, &env.message);
+    let n = match replayed {
+        Some(sent_at_ms) => node.deliver_replayed(&env.target, &env.message, sent_at_ms),
+        None => node.deliver(&env.target, &env.message),
+    };
     if n > 0 {
         inc(&inner.stats.received);
-        if replayed {
+        if replayed.is_some() {
             inc(&inner.stats.replayed);
         }
     }
