@@ -85,7 +85,6 @@ impl RedisOptions {
 /// A backplane over Redis pub/sub (and streams): see the module docs.
 ///
 /// One `RedisBackplane` serves one hub; give each hub its own.
-#[derive(Clone)]
 pub struct RedisBackplane {
     inner: Arc<Inner>,
 }
