@@ -10,9 +10,32 @@ export async function startProxy(targetUrl) {
   const pairs = new Set();
   const stats = { accepted: 0, cuts: 0, socketsCut: 0 };
 
+  let holdUntil = 0;
+  const held = new Set();
   const server = net.createServer((client) => {
     stats.accepted++;
     client.setNoDelay(true);
+    const wait = holdUntil - Date.now();
+    if (wait > 0) {
+      // a slow network: accept, but connect upstream (and forward anything) only later
+      client.pause();
+      held.add(client);
+      const timer = setTimeout(() => {
+        held.delete(client);
+        if (!client.destroyed) bridge(client);
+      }, wait);
+      const drop = () => {
+        clearTimeout(timer);
+        held.delete(client);
+      };
+      client.on('close', drop);
+      client.on('error', drop);
+      return;
+    }
+    bridge(client);
+  });
+
+  function bridge(client) {
     const upstream = net.connect({ host: targetHost, port: targetPort });
     upstream.setNoDelay(true);
     const pair = { client, upstream };
@@ -28,7 +51,8 @@ export async function startProxy(targetUrl) {
     upstream.on('close', done);
     client.pipe(upstream);
     upstream.pipe(client);
-  });
+    client.resume();
+  }
 
   await new Promise((resolve, reject) => {
     server.once('error', reject);
@@ -40,6 +64,10 @@ export async function startProxy(targetUrl) {
     url: `http://127.0.0.1:${port}`,
     stats,
     live: () => pairs.size,
+    /** New connections accepted during the next `ms` are forwarded only when that time is over. */
+    holdNewConnections(ms) {
+      holdUntil = Date.now() + ms;
+    },
     /** Destroys every live connection (client and upstream side); returns how many. */
     cutAll() {
       stats.cuts++;
@@ -54,6 +82,8 @@ export async function startProxy(targetUrl) {
       return n;
     },
     async close() {
+      for (const c of held) c.destroy();
+      held.clear();
       for (const { client, upstream } of pairs) {
         client.destroy();
         upstream.destroy();
