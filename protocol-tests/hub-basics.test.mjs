@@ -239,3 +239,19 @@ matrixTest('Echo and GetActiveTransportName work on /testhub-nowebsockets', { ce
   assert.equal(await conn.invoke('Echo', 'nowebsockets'), 'nowebsockets');
   assert.equal(await conn.invoke('GetActiveTransportName'), cell.transport);
 });
+
+matrixTest('30 connections of this cell at once: each Echo and GetCallerConnectionId answers its own connection', {}, async (t, cell) => {
+  const conns = await withTimeout(Promise.all(Array.from({ length: 30 }, () => connect(t, base, cell))), 30_000, '30 connections');
+  const ids = new Set(conns.map((c) => c.connectionId));
+  assert.equal(ids.size, 30, 'distinct connection ids');
+  await withTimeout(
+    Promise.all(
+      conns.map(async (c, i) => {
+        assert.equal(await c.invoke('Echo', `conn-${i}`), `conn-${i}`);
+        assert.equal(await c.invoke('GetCallerConnectionId'), c.connectionId);
+      }),
+    ),
+    30_000,
+    'all answers',
+  );
+});

@@ -215,3 +215,35 @@ ptest('[raw LongPolling/json] after the server ends a connection (CloseConnectio
     await request(url, { method: 'DELETE' }).catch(() => {});
   }
 });
+
+matrixTest('a token is dead once its connection has ended: transport requests with it → 404', {}, async (t, cell) => {
+  const conn = await connect(t, base, cell, { record: true });
+  const token = tokenOf(conn);
+  await assertUsable(conn);
+  await conn.stop();
+  await new Promise((r) => setTimeout(r, 100));
+  const url = `${base}/testhub?id=${token}`;
+  const post = await request(url, { method: 'POST', body: `{"type":6}${RS}` });
+  assert.equal(post.status, 404, `POST with an ended connection's token: ${post.status}`);
+  const ws = await tryWebSocket(url);
+  if (ws.ws) ws.ws.terminate();
+  assert.equal(ws.status, 404, `WebSocket with an ended connection's token: ${ws.ws ? 101 : ws.status ?? ws.error?.message}`);
+  const sse = await request(url, { headers: { Accept: 'text/event-stream' }, timeout: 5_000 });
+  assert.equal(sse.status, 404, `SSE GET with an ended connection's token: ${sse.status}`);
+});
+
+ptest('[WebSockets/json] a second WebSocket with a live (non-stateful) connection\'s token is refused and does not disturb it', {}, async (t) => {
+  const conn = await connect(t, base, WS_JSON, { record: true });
+  const url = `${base}/testhub?id=${tokenOf(conn)}`;
+  const ws = await tryWebSocket(url);
+  if (ws.ws) {
+    // accepted: it must at least not take the connection over
+    ws.ws.send(`{"protocol":"json","version":1}${RS}`);
+    await new Promise((r) => setTimeout(r, 200));
+    ws.ws.terminate();
+  }
+  await new Promise((r) => setTimeout(r, 200));
+  assert.equal(conn.closeCount(), 0, 'the original connection must stay open');
+  await assertUsable(conn);
+  assert.ok(!ws.ws && is4xx(ws.status), `a second WebSocket for the same connection should be refused (409 in ASP.NET), got ${ws.ws ? 101 : ws.status}`);
+});

@@ -216,6 +216,9 @@ impl HubService {
             ));
             return full(StatusCode::OK, Some("application/json"), body);
         }
+        if !self.manager.handler.accepting() {
+            return text(StatusCode::SERVICE_UNAVAILABLE, "Server is shutting down");
+        }
         let stateful = query.use_stateful_reconnect && self.options().allow_stateful_reconnects;
         let v0 = query.negotiate_version == 0;
         let Some(entry) = self.manager.create(v0, stateful, principal) else {
@@ -270,6 +273,9 @@ impl HubService {
         };
         let entry = match id {
             // skipNegotiation: the connection is created on the fly.
+            None if !self.manager.handler.accepting() => {
+                return text(StatusCode::SERVICE_UNAVAILABLE, "Server is shutting down");
+            }
             None => match self.manager.create(true, false, principal) {
                 Some(e) => e,
                 None => {

@@ -348,7 +348,8 @@ impl LoopState {
     }
 
     fn invocation(&mut self, inv: Invocation, streaming: bool) -> Option<Ending> {
-        let method = match dispatch::check(&self.hub, &inv, streaming) {
+        let principal = self.conn.info.principal.as_ref();
+        let method = match dispatch::check(&self.hub, &inv, streaming, principal) {
             Ok(m) => m,
             Err(error) => {
                 if let Some(id) = &inv.invocation_id {

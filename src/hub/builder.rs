@@ -13,12 +13,13 @@ use crate::options::HubOptions;
 #[must_use]
 pub struct HubBuilder {
     name: String,
-    methods: HashMap<String, Arc<Method>>,
+    methods: HashMap<String, Method>,
     on_connected: Vec<UnaryFn>,
     on_disconnected: Vec<UnaryFn>,
     filters: Filters,
     state: HashMap<TypeId, Box<dyn Any + Send + Sync>>,
     options: HubOptions,
+    policies: Vec<(String, crate::auth::Policy)>,
 }
 
 impl std::fmt::Debug for HubBuilder {
@@ -39,6 +40,7 @@ impl HubBuilder {
             filters: Filters::default(),
             state: HashMap::new(),
             options: HubOptions::default(),
+            policies: Vec::new(),
         }
     }
 
@@ -51,7 +53,7 @@ impl HubBuilder {
     fn insert(&mut self, name: &str, method: Method) {
         let key = name.to_lowercase();
         // ASP.NET forbids overloads; the last registration of a name wins, loudly.
-        if self.methods.insert(key, Arc::new(method)).is_some() {
+        if self.methods.insert(key, method).is_some() {
             tracing::warn!(
                 method = name,
                 "hub method registered twice; the last one wins"
@@ -68,6 +70,7 @@ impl HubBuilder {
                 streaming: false,
                 upload_streams: H::UPLOAD_STREAMS,
                 kind: MethodKind::Unary(erase_unary(handler)),
+                policy: None,
             },
         );
         self
@@ -83,8 +86,16 @@ impl HubBuilder {
                 streaming: true,
                 upload_streams: H::UPLOAD_STREAMS,
                 kind: MethodKind::Stream(erase_stream(handler)),
+                policy: None,
             },
         );
+        self
+    }
+
+    /// Only callers that `policy` allows may invoke method `name` (registered before or after
+    /// this call); others get `Failed to invoke '<name>' because user is unauthorized`.
+    pub fn authorize_method(mut self, name: &str, policy: crate::auth::Policy) -> Self {
+        self.policies.push((name.to_lowercase(), policy));
         self
     }
 
@@ -126,12 +137,25 @@ impl HubBuilder {
     }
 
     /// Builds the hub.
-    pub fn build(self) -> Hub {
+    pub fn build(mut self) -> Hub {
+        for (name, policy) in self.policies.drain(..) {
+            match self.methods.get_mut(&name) {
+                Some(m) => m.policy = Some(policy),
+                None => {
+                    tracing::warn!(method = %name, "authorize_method names no registered method")
+                }
+            }
+        }
+        let methods = self
+            .methods
+            .into_iter()
+            .map(|(k, m)| (k, Arc::new(m)))
+            .collect();
         let stats = Arc::new(super::HubStats::default());
         Hub {
             shared: Arc::new(HubShared {
                 name: self.name.into(),
-                methods: Arc::new(self.methods),
+                methods: Arc::new(methods),
                 on_connected: self.on_connected.into(),
                 on_disconnected: self.on_disconnected.into(),
                 filters: Arc::new(self.filters),
@@ -139,6 +163,7 @@ impl HubBuilder {
                 options: Arc::new(self.options),
                 registry: Arc::default(),
                 stats,
+                draining: Arc::default(),
             }),
         }
     }

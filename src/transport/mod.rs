@@ -349,10 +349,9 @@ pub trait ConnectionHandler: Send + Sync + 'static {
     /// Runs one connection until it ends; the connection closes when the future completes.
     fn on_connected(&self, io: ConnectionIo) -> BoxFuture<()>;
 
-    /// The transfer formats the handler needs; SSE (text only) is refused to a connection
-    /// that has said it needs binary. Defaults to both.
-    fn needs_binary(&self) -> bool {
-        false
+    /// Whether new connections are accepted; false while draining (negotiate answers 503).
+    fn accepting(&self) -> bool {
+        true
     }
 }
 
