@@ -255,3 +255,26 @@ matrixTest('30 connections of this cell at once: each Echo and GetCallerConnecti
     'all answers',
   );
 });
+
+matrixTest('a large client batch (400 queued 5 000-char sends ≈ 2 MB in one frame/POST, each message under 32 KiB) is accepted', {}, async (t, cell) => {
+  const conn = await connect(t, base, cell, { start: false });
+  const box = inbox(conn, 'Broadcast');
+  await conn.start();
+  const tag = uid('batch');
+  const pad = 'w'.repeat(5_000);
+  const N = 400;
+  // all queued at once: the stock client concatenates them into as few sends as it can
+  const sent = await withTimeout(
+    Promise.allSettled(Array.from({ length: N }, (_, i) => conn.send('SendToCaller', `${tag}:${i}:${pad}`))),
+    30_000,
+    'the queued sends',
+  );
+  const failed = sent.filter((r) => r.status === 'rejected');
+  assert.equal(failed.length, 0, `sends rejected: ${failed[0]?.reason?.message}`);
+  await box.waitFor((m) => m.startsWith(`${tag}:${N - 1}:`), 20_000, 'the last Broadcast').catch(() => {});
+  const closeErr = conn.closeCount() ? await conn.closed : null;
+  assert.equal(conn.closeCount(), 0, `connection closed: ${closeErr?.message}`);
+  const got = box.items.map(([m]) => m).filter((m) => m.startsWith(`${tag}:`));
+  assert.equal(got.length, N, 'every message handled once');
+  assert.equal(await conn.invoke('Echo', 'after batch'), 'after batch');
+});

@@ -184,16 +184,21 @@ matrixTest('two drops in quick succession (the second during the resume) lose no
 
 matrixTest('a burst of more than 100 000 bytes server→client (no drop) waits for Acks instead of closing', R, async (t, cell) => {
   const proxy = await useProxy(t);
-  const { conn, events, broadcast } = await statefulConnection(t, cell, proxy);
+  const { conn, events, direct } = await statefulConnection(t, cell, proxy);
+  const other = await connect(t, base, cell); // a plain connection produces the burst
   const tag = uid('burst');
-  const N = 40;
-  const pad = 'b'.repeat(5_000); // ~200 KB of Broadcasts within one client Ack interval (1 s)
-  for (let i = 0; i < N; i++) await conn.send('SendToCaller', `${tag}:${i}:${pad}`);
-  await broadcast.waitFor((m) => m.startsWith(`${tag}:${N - 1}:`), 20_000, 'the last Broadcast').catch(() => {});
-  const got = broadcast.items.map(([m]) => m).filter((m) => m.startsWith(`${tag}:`));
+  const N = 60;
+  const pad = 'b'.repeat(5_000); // ~300 KB to the stateful client, faster than its 1 s Ack cadence
+  await withTimeout(
+    Promise.all(Array.from({ length: N }, (_, i) => other.send('SendToConnection', conn.connectionId, `${tag}:${i}:${pad}`))),
+    20_000,
+    'the burst sends',
+  );
+  await direct.waitFor((m) => m.startsWith(`${tag}:${N - 1}:`), 20_000, 'the last Direct message').catch(() => {});
+  const got = direct.items.map(([m]) => m).filter((m) => m.startsWith(`${tag}:`));
   t.diagnostic(`sent=${N} bytesEach=${pad.length} received=${got.length} closes=${conn.closeCount()}`);
   assert.equal(conn.closeCount(), 0, 'the server must apply backpressure (wait for Acks), not close the connection');
-  assert.equal(got.length, N);
+  assert.deepStrictEqual(got.map((m) => Number(m.split(':')[2])), Array.from({ length: N }, (_, i) => i));
   assert.equal(events.reconnecting, 0);
 });
 

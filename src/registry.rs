@@ -13,7 +13,7 @@ use dashmap::DashMap;
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
-use crate::connection::reconnect::ReplayBuffer;
+use crate::connection::reconnect::{Admit, ReplayBuffer};
 use crate::protocol::{Close, HubMessage, Outcome, Protocol};
 use crate::transport::manager::lock;
 use crate::transport::{CloseKind, ConnectionInfo, Frame, Outbound, SendError};
@@ -115,11 +115,10 @@ impl HubConnection {
                 // Numbering and queueing under one lock keeps the replay order identical to
                 // the order on the wire.
                 let mut replay = lock(replay);
-                if replay.over_limit() {
-                    Err(SendError::Full)
-                } else {
-                    replay.push(data.clone());
-                    self.outbound.push(self.frame(data))
+                match replay.admit(data.clone()) {
+                    Admit::Send => self.outbound.push(self.frame(data)),
+                    Admit::Held => Ok(()),
+                    Admit::Overflow => Err(SendError::Full),
                 }
             }
             _ => self.outbound.push(self.frame(data)),
@@ -132,6 +131,19 @@ impl HubConnection {
             }));
         }
         result
+    }
+
+    /// The client acknowledged messages up to `sequence_id`: frees them and writes what was
+    /// held back for lack of room.
+    pub(crate) fn acknowledge(&self, sequence_id: u64) {
+        if let Some(replay) = &self.replay {
+            let mut replay = lock(replay);
+            for data in replay.ack(sequence_id) {
+                if self.outbound.push(self.frame(data)).is_err() {
+                    break;
+                }
+            }
+        }
     }
 
     /// Encodes and queues one message.

@@ -432,6 +432,9 @@ impl HubService {
             Ok(e) => e,
             Err(reject) => return reject.response(),
         };
+        if entry.ended.is_cancelled() {
+            return text(StatusCode::NOT_FOUND, "No Connection with that ID");
+        }
         match entry.transport.get() {
             Some(TransportType::WebSockets) => {
                 return text(

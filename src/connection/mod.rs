@@ -330,11 +330,7 @@ impl LoopState {
             }
             HubMessage::Ping => {}
             HubMessage::Close(_) => return Some(Ending::Client),
-            HubMessage::Ack(id) => {
-                if let Some(replay) = &self.conn.replay {
-                    lock(replay).ack(id);
-                }
-            }
+            HubMessage::Ack(id) => self.conn.acknowledge(id),
             HubMessage::Sequence(id) => {
                 if self.stateful && self.cursor.sequence(id).is_err() {
                     return Some(Ending::Error(
