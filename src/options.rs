@@ -81,6 +81,13 @@ pub struct TransportOptions {
     /// Connections negotiated but not yet used that this path keeps at once; more get 429.
     /// Defaults to 10 000.
     pub maximum_pending_negotiations: usize,
+    /// Connections this path holds at once (negotiated, live or just ended); more get 429.
+    /// Defaults to 100 000.
+    pub maximum_connections: usize,
+    /// Origins allowed to open WebSockets (browsers do not apply CORS to upgrades, so the
+    /// check is here). `None` allows any origin. Requests without `Origin` (non-browser
+    /// clients) are always allowed. Defaults to `None`.
+    pub allowed_origins: Option<Vec<String>>,
 }
 
 impl Default for TransportOptions {
@@ -95,6 +102,8 @@ impl Default for TransportOptions {
             maximum_post_body_size: 1024 * 1024,
             minimum_protocol_version: 0,
             maximum_pending_negotiations: 10_000,
+            maximum_connections: 100_000,
+            allowed_origins: None,
         }
     }
 }
