@@ -99,7 +99,9 @@ matrixTest('repeated drops under steady two-way traffic: every message exactly o
   let socketsCut = 0;
   for (let k = 0; k < CUTS; k++) {
     await sleep(350);
+    const upgrades = proxy.stats.upgrades;
     socketsCut += proxy.cutAll();
+    await proxy.waitForUpgrades(upgrades + 1); // the client's single resume attempt got through
   }
   await withTimeout(sender, 60_000, 'all sends');
   streaming = false;
@@ -168,9 +170,12 @@ matrixTest('two drops in quick succession (the second during the resume) lose no
   const tag = uid('double');
   const sends = [];
   for (let i = 0; i < 20; i++) sends.push(conn.send('SendToCaller', `${tag}:${i}`));
+  const upgrades = proxy.stats.upgrades;
   proxy.cutAll();
   for (let i = 20; i < 40; i++) sends.push(conn.send('SendToCaller', `${tag}:${i}`));
-  await sleep(15);
+  // cut again right after the resumed socket's 101, i.e. while Sequence/replay is under way
+  // (a cut before the 101 would fail the client's single reconnect attempt by design)
+  await proxy.waitForUpgrades(upgrades + 1);
   proxy.cutAll();
   for (let i = 40; i < 60; i++) sends.push(conn.send('SendToCaller', `${tag}:${i}`));
   await withTimeout(Promise.all(sends), 20_000, 'the sends');
@@ -198,7 +203,7 @@ matrixTest('a burst of more than 100 000 bytes server→client (no drop) waits f
   const got = direct.items.map(([m]) => m).filter((m) => m.startsWith(`${tag}:`));
   t.diagnostic(`sent=${N} bytesEach=${pad.length} received=${got.length} closes=${conn.closeCount()}`);
   assert.equal(conn.closeCount(), 0, 'the server must apply backpressure (wait for Acks), not close the connection');
-  assert.deepStrictEqual(got.map((m) => Number(m.split(':')[2])), Array.from({ length: N }, (_, i) => i));
+  assert.deepStrictEqual(got.map((m) => Number(m.split(':')[1])), Array.from({ length: N }, (_, i) => i));
   assert.equal(events.reconnecting, 0);
 });
 
@@ -215,7 +220,9 @@ matrixTest('more than 100 000 unacknowledged bytes across drops: the server acks
   })();
   for (let k = 0; k < 3; k++) {
     await sleep(250);
+    const upgrades = proxy.stats.upgrades;
     proxy.cutAll();
+    await proxy.waitForUpgrades(upgrades + 1);
   }
   await withTimeout(sender, 45_000, 'the sends (a server that never sends Ack blocks the client here)');
   // server→client large results across one more drop
@@ -224,7 +231,7 @@ matrixTest('more than 100 000 unacknowledged bytes across drops: the server acks
   assert.equal((await withTimeout(big, 20_000, 'GenerateString across a drop')).length, 200_000);
   await broadcast.waitFor((m) => m.startsWith(`${tag}:${N - 1}:`), 20_000, 'the last Broadcast').catch(() => {});
   const got = broadcast.items.map(([m]) => m).filter((m) => m.startsWith(`${tag}:`));
-  const idx = got.map((m) => Number(m.split(':')[2]));
+  const idx = got.map((m) => Number(m.split(':')[1]));
   t.diagnostic(`sent=${N} bytesEach=${pad.length} received=${got.length} socketsCut=${proxy.stats.socketsCut}`);
   assert.deepStrictEqual(idx, Array.from({ length: N }, (_, i) => i));
   assert.ok(got.every((m) => m.endsWith(pad)), 'payloads intact');

@@ -218,14 +218,17 @@ impl std::fmt::Debug for SingleClientProxy {
 }
 
 impl SingleClientProxy {
-    /// Sends `method(args…)` to this connection (a no-op if it is gone).
+    /// Sends `method(args…)` to this connection (a no-op if it is gone). While the
+    /// connection's buffer is full this waits (up to 10 s) instead of dropping or closing.
     pub async fn send(&self, method: &str, args: impl Serialize) -> Result<(), Error> {
         let msg = encode_invocation(method, &args, None)?;
-        let n = self
-            .hub
-            .registry
-            .send(&Target::Connections(vec![self.id.clone()]), &msg);
-        self.hub.stats.sent(n as u64);
+        if let Some(conn) = self.hub.registry.get(&self.id) {
+            // One target: wait for room rather than overflow it (back-pressure).
+            let data = msg.for_protocol(conn.protocol).clone();
+            if conn.send_encoded_wait(data).await.is_ok() {
+                self.hub.stats.sent(1);
+            }
+        }
         Ok(())
     }
 

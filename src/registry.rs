@@ -18,6 +18,10 @@ use crate::protocol::{Close, HubMessage, Outcome, Protocol};
 use crate::transport::manager::lock;
 use crate::transport::{CloseKind, ConnectionInfo, Frame, Outbound, SendError};
 
+/// How long a send to one connection waits for room in its buffer (ASP.NET's
+/// `TransportSendTimeout`).
+pub(crate) const SEND_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// One message encoded once per protocol, ready to be queued for any number of connections.
 #[derive(Debug, Clone)]
 pub struct EncodedMessage {
@@ -144,6 +148,21 @@ impl HubConnection {
                 }
             }
         }
+    }
+
+    /// Queues bytes for this one connection, waiting (up to [`SEND_TIMEOUT`]) while its
+    /// buffer is full instead of closing it: a sender that targets one client slows down
+    /// with that client. A client that stays full that long is closed as a slow consumer.
+    pub(crate) async fn send_encoded_wait(&self, data: Bytes) -> Result<(), SendError> {
+        if self.replay.is_none() {
+            match tokio::time::timeout(SEND_TIMEOUT, self.outbound.wait_for_space(data.len())).await
+            {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return Err(e),
+                Err(_) => {} // still full: send_encoded closes it as a slow consumer
+            }
+        }
+        self.send_encoded(data, true)
     }
 
     /// Encodes and queues one message.

@@ -8,7 +8,8 @@ export async function startProxy(targetUrl) {
   const targetHost = target.hostname;
   const targetPort = Number(target.port || 80);
   const pairs = new Set();
-  const stats = { accepted: 0, cuts: 0, socketsCut: 0 };
+  const stats = { accepted: 0, cuts: 0, socketsCut: 0, upgrades: 0 };
+  let upgradeWaiters = [];
 
   let holdUntil = 0;
   const held = new Set();
@@ -51,6 +52,15 @@ export async function startProxy(targetUrl) {
     upstream.on('close', done);
     client.pipe(upstream);
     upstream.pipe(client);
+    // notice WebSocket upgrades (the server's response starts with "HTTP/1.1 101")
+    upstream.once('data', (chunk) => {
+      if (chunk.subarray(0, 12).toString('latin1') === 'HTTP/1.1 101') {
+        stats.upgrades++;
+        const ready = upgradeWaiters.filter((w) => stats.upgrades >= w.n);
+        upgradeWaiters = upgradeWaiters.filter((w) => stats.upgrades < w.n);
+        for (const w of ready) w.resolve();
+      }
+    });
     client.resume();
   }
 
@@ -64,6 +74,18 @@ export async function startProxy(targetUrl) {
     url: `http://127.0.0.1:${port}`,
     stats,
     live: () => pairs.size,
+    /** Resolves once `n` WebSocket upgrades have passed through the proxy in total (bounded). */
+    waitForUpgrades(n, ms = 10_000) {
+      if (stats.upgrades >= n) return Promise.resolve();
+      return new Promise((resolve, reject) => {
+        const w = { n, resolve };
+        upgradeWaiters.push(w);
+        setTimeout(() => {
+          upgradeWaiters = upgradeWaiters.filter((x) => x !== w);
+          reject(new Error(`timed out after ${ms} ms waiting for ${n} WebSocket upgrades (seen ${stats.upgrades})`));
+        }, ms).unref();
+      });
+    },
     /** New connections accepted during the next `ms` are forwarded only when that time is over. */
     holdNewConnections(ms) {
       holdUntil = Date.now() + ms;
