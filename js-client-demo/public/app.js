@@ -77,6 +77,7 @@ const demo = (window.demo = {
   pulses: 0,
   polls: 0,
   hubs: {},
+  connections: {},
   chat: [],
   notifications: [],
   editor: null,
@@ -160,6 +161,7 @@ function makeHub(key, label, url, { onConnected } = {}) {
   const hub = { key, label, url, connection, state: "connecting", transport: null, connectionId: null, error: null, onConnected };
   hubs[key] = hub;
   demo.hubs[key] = { state: "connecting", transport: null };
+  demo.connections[key] = connection;
 
   const setState = (state, error) => {
     hub.state = state;
@@ -252,7 +254,8 @@ function makeChart(container, series, { points, yLabel }) {
     scales: { x: { time: true }, y: { range: (u, min, max) => [0, Math.max(1, max * 1.15)] } },
     axes: [
       { stroke: color("--muted"), grid: { stroke: "rgba(139,151,179,.08)" }, ticks: { stroke: "rgba(139,151,179,.15)" }, font: "11px system-ui",
-        values: (u, splits) => splits.map((s) => new Date(s * 1000).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit", second: "2-digit" })) },
+        space: 64,
+        values: (u, splits) => splits.map((s) => new Date(s * 1000).toLocaleTimeString([], { hourCycle: "h23", hour: "2-digit", minute: "2-digit", second: "2-digit" })) },
       { stroke: color("--muted"), grid: { stroke: "rgba(139,151,179,.08)" }, ticks: { stroke: "rgba(139,151,179,.15)" }, font: "11px system-ui", size: 46, label: yLabel, labelFont: "11px system-ui", labelSize: 14 },
     ],
     series: [{}, ...series.map((s) => ({
