@@ -47,7 +47,22 @@ for (const [transport, expected] of TRANSPORTS) {
         const conns = Number(await page.locator("#m-conns").textContent());
         assert.ok(conns >= 1, `connections tile shows ${conns}`);
         assert.equal(await page.locator("#m-backplane").textContent(), "in-memory");
-        if (transport === "ws" && protocol === "json") await screenshot(page, "dashboard");
+        if (transport === "ws" && protocol === "json") {
+          // DashboardHub: a metric to everyone, then one to a dashboard this page joined.
+          await page.fill("#dash-name", "temperature");
+          await page.click("#dash-form button");
+          await page.locator("#dash-bars .metric .label", { hasText: "temperature" }).waitFor({ timeout: 5000 });
+          await page.click("#dash-join-form button");
+          await page.locator("#dash-joined", { hasText: "dashboard ops" }).waitFor({ timeout: 5000 });
+          await page.check("#dash-only");
+          await page.fill("#dash-name", "queue depth");
+          await page.fill("#dash-value", "77");
+          await page.click("#dash-form button");
+          await page.locator("#dash-bars .metric", { hasText: "queue depth@ops" }).waitFor({ timeout: 5000 });
+          // Let the charts fill a little before the screenshot.
+          await page.waitForFunction(() => window.demo.snapshots >= 8, null, { timeout: 15000 });
+          await screenshot(page, "dashboard");
+        }
         assert.deepEqual(page.errors, []);
       } finally {
         await page.context().close();

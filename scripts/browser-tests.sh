@@ -28,6 +28,7 @@ pid_file="$out/server.pid"
 # Port 0: the server picks a free port and prints it; a restart in the tests reuses it.
 "$root/target/release/tidings" --listen 127.0.0.1:0 >>"$log" 2>&1 &
 echo $! >"$pid_file"
+disown # the reconnect test kills and restarts it; no job-control noise
 
 stop() {
   if [ -s "$pid_file" ]; then

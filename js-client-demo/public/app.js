@@ -119,7 +119,7 @@ function hue(name) {
   return h;
 }
 function clock(ts) {
-  return new Date(ts || Date.now()).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit", second: "2-digit" });
+  return new Date(ts || Date.now()).toLocaleTimeString([], { hourCycle: "h23", hour: "2-digit", minute: "2-digit", second: "2-digit" });
 }
 function toast({ title, body, level = "info" }) {
   const t = el("div", { class: `toast lvl-${level}` }, el("div", { class: "title", text: title }), body ? el("div", { class: "body", text: body }) : null);

@@ -102,8 +102,7 @@ pub fn render(handle: &PrometheusHandle, hubs: &[HubEntry]) -> String {
             let labels = [("signalr.hub", hub.to_owned()), ("rpc.method", method)];
             metrics::counter!("tidings.method_calls_total", &labels).absolute(m.calls);
             metrics::counter!("tidings.method_errors_total", &labels).absolute(m.errors);
-            metrics::gauge!("tidings.method_duration_seconds_total", &labels)
-                .set(m.total_time.as_secs_f64());
+            metrics::gauge!("tidings.method_time_seconds", &labels).set(m.total_time.as_secs_f64());
         }
     }
     handle.render()
