@@ -159,6 +159,8 @@ export async function allConnected(page, timeout = 20000) {
 export async function screenshot(page, name) {
   fs.mkdirSync(screenshotDir, { recursive: true });
   const file = path.join(screenshotDir, `${name}.png`);
+  // The top bar is sticky: scroll back up so a full-page shot has it at the top.
+  await page.evaluate(() => window.scrollTo(0, 0));
   await page.screenshot({ path: file, fullPage: true });
   return file;
 }
