@@ -26,4 +26,7 @@ step "conformance: the stock @microsoft/signalr client against the TestHub"
 cargo build --release --example testhub
 (cd protocol-tests && TESTHUB_BIN="$root/target/release/examples/testhub" npm test)
 
+step "the demo page in headless Chromium (playwright-core)"
+scripts/browser-tests.sh
+
 step "all tests passed"
