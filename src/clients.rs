@@ -283,16 +283,18 @@ fn decode_outcome<T: DeserializeOwned>(protocol: Protocol, outcome: Outcome) -> 
 
 impl SingleClientProxy {
     /// Sends `method(args…)` to this connection (a no-op if it is gone), on whichever node
-    /// it lives.
+    /// it lives. While a local connection's buffer is full this waits (up to 10 s) instead of
+    /// dropping or closing.
     pub async fn send(&self, method: &str, args: impl Serialize) -> Result<(), Error> {
         let msg = encode_invocation(method, &args, None)?;
-        let target = Target::Connections(vec![self.id.clone()]);
-        let n = self.hub.registry.send(&target, &msg);
-        self.hub.stats.sent(n as u64);
-        if n == 0
-            && let Some(backplane) = &self.hub.backplane
-        {
-            backplane.publish(&target, &msg);
+        if let Some(conn) = self.hub.registry.get(&self.id) {
+            // One target: wait for room rather than overflow it (back-pressure).
+            let data = msg.for_protocol(conn.protocol).clone();
+            if conn.send_encoded_wait(data).await.is_ok() {
+                self.hub.stats.sent(1);
+            }
+        } else if let Some(backplane) = &self.hub.backplane {
+            backplane.publish(&Target::Connections(vec![self.id.clone()]), &msg);
         }
         Ok(())
     }

@@ -43,6 +43,8 @@ pub mod options;
 pub mod protocol;
 pub mod registry;
 pub mod service;
+#[cfg(feature = "test-util")]
+pub mod testing;
 pub mod transport;
 pub mod value;
 

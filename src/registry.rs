@@ -13,10 +13,14 @@ use dashmap::DashMap;
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
-use crate::connection::reconnect::ReplayBuffer;
+use crate::connection::reconnect::{Admit, ReplayBuffer};
 use crate::protocol::{Close, HubMessage, Outcome, Protocol};
 use crate::transport::manager::lock;
 use crate::transport::{CloseKind, ConnectionInfo, Frame, Outbound, SendError};
+
+/// How long a send to one connection waits for room in its buffer (ASP.NET's
+/// `TransportSendTimeout`).
+pub(crate) const SEND_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// One message encoded once per protocol, ready to be queued for any number of connections.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -122,11 +126,10 @@ impl HubConnection {
                 // Numbering and queueing under one lock keeps the replay order identical to
                 // the order on the wire.
                 let mut replay = lock(replay);
-                if replay.over_limit() {
-                    Err(SendError::Full)
-                } else {
-                    replay.push(data.clone());
-                    self.outbound.push(self.frame(data))
+                match replay.admit(data.clone()) {
+                    Admit::Send => self.outbound.push(self.frame(data)),
+                    Admit::Held => Ok(()),
+                    Admit::Overflow => Err(SendError::Full),
                 }
             }
             _ => self.outbound.push(self.frame(data)),
@@ -139,6 +142,34 @@ impl HubConnection {
             }));
         }
         result
+    }
+
+    /// The client acknowledged messages up to `sequence_id`: frees them and writes what was
+    /// held back for lack of room.
+    pub(crate) fn acknowledge(&self, sequence_id: u64) {
+        if let Some(replay) = &self.replay {
+            let mut replay = lock(replay);
+            for data in replay.ack(sequence_id) {
+                if self.outbound.push(self.frame(data)).is_err() {
+                    break;
+                }
+            }
+        }
+    }
+
+    /// Queues bytes for this one connection, waiting (up to [`SEND_TIMEOUT`]) while its
+    /// buffer is full instead of closing it: a sender that targets one client slows down
+    /// with that client. A client that stays full that long is closed as a slow consumer.
+    pub(crate) async fn send_encoded_wait(&self, data: Bytes) -> Result<(), SendError> {
+        if self.replay.is_none() {
+            match tokio::time::timeout(SEND_TIMEOUT, self.outbound.wait_for_space(data.len())).await
+            {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return Err(e),
+                Err(_) => {} // still full: send_encoded closes it as a slow consumer
+            }
+        }
+        self.send_encoded(data, true)
     }
 
     /// Encodes and queues one message.

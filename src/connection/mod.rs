@@ -336,11 +336,7 @@ impl LoopState {
             }
             HubMessage::Ping => {}
             HubMessage::Close(_) => return Some(Ending::Client),
-            HubMessage::Ack(id) => {
-                if let Some(replay) = &self.conn.replay {
-                    lock(replay).ack(id);
-                }
-            }
+            HubMessage::Ack(id) => self.conn.acknowledge(id),
             HubMessage::Sequence(id) => {
                 if self.stateful && self.cursor.sequence(id).is_err() {
                     return Some(Ending::Error(
@@ -354,7 +350,8 @@ impl LoopState {
     }
 
     fn invocation(&mut self, inv: Invocation, streaming: bool) -> Option<Ending> {
-        let method = match dispatch::check(&self.hub, &inv, streaming) {
+        let principal = self.conn.info.principal.as_ref();
+        let method = match dispatch::check(&self.hub, &inv, streaming, principal) {
             Ok(m) => m,
             Err(error) => {
                 if let Some(id) = &inv.invocation_id {
