@@ -21,6 +21,11 @@ pub struct Cli {
     /// separated. Empty (the default): same-origin pages only.
     #[arg(long, env = "TIDINGS_CORS_ORIGINS", value_delimiter = ',')]
     pub cors_origins: Vec<String>,
+
+    /// A Redis backplane (`redis://HOST:PORT`): several tidings nodes sharing it act as one
+    /// hub, and the collaboration log lives in Redis Streams. Default: in-memory, one node.
+    #[arg(long, env = "TIDINGS_REDIS")]
+    pub redis: Option<String>,
 }
 
 impl Cli {

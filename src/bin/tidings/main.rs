@@ -33,9 +33,17 @@ use clap::Parser;
 use serde::Serialize;
 use tidings::{Caller, Hub, HubBuilder};
 
-/// What the backplane is, for `/healthz` and the metrics snapshot. In-memory until a Redis
-/// backplane is configured.
-pub const BACKPLANE: &str = "in-memory";
+/// The Redis URL when a backplane is configured (`--redis`), set once at start.
+static REDIS_URL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// What the backplane is, for `/healthz` and the metrics snapshot.
+pub fn backplane_name() -> &'static str {
+    if REDIS_URL.get().is_some() {
+        "redis"
+    } else {
+        "in-memory"
+    }
+}
 
 /// One hub served by the binary.
 #[derive(Clone, Debug)]
@@ -71,6 +79,10 @@ pub fn hub_builder(name: &'static str) -> HubBuilder {
                     hub: name,
                 }
             });
+    let builder = match REDIS_URL.get() {
+        Some(url) => builder.backplane(tidings::backplane::RedisBackplane::new(url.as_str())),
+        None => builder,
+    };
     telemetry::track_connections(builder, name)
 }
 
@@ -100,11 +112,21 @@ async fn main() -> std::io::Result<()> {
         .init();
     let cli = cli::Cli::parse();
     let prometheus = Arc::new(telemetry::install());
+    if let Some(url) = &cli.redis {
+        let _ = REDIS_URL.set(url.clone());
+    }
 
     let chat = chat::hub();
     let dashboard = dashboard::hub();
     let notifications = notifications::Notifications::new();
-    let collaboration = collaboration::Collaboration::in_memory();
+    let collaboration = match &cli.redis {
+        Some(url) => {
+            let log = tidings::backplane::RedisEventLog::new(url, "tidings", 10_000)
+                .map_err(|e| std::io::Error::other(e.to_string()))?;
+            collaboration::Collaboration::new(Arc::new(log))
+        }
+        None => collaboration::Collaboration::in_memory(),
+    };
     let feeds = live::Feeds::default();
     let metrics_hub = live::hub(&feeds);
     let hubs: Arc<[HubEntry]> = Arc::from(vec![
@@ -134,7 +156,7 @@ async fn main() -> std::io::Result<()> {
             hub: collaboration.hub().clone(),
         },
     ]);
-    let live = live::Live::start(feeds, metrics_hub.context(), hubs.clone(), BACKPLANE);
+    let live = live::Live::start(feeds, metrics_hub.context(), hubs.clone(), backplane_name());
 
     let app = Router::new()
         .nest_service("/hubs/chat", chat.into_service())
@@ -149,14 +171,14 @@ async fn main() -> std::io::Result<()> {
                 move || telemetry::metrics_route(prometheus.clone(), hubs.clone())
             }),
         )
-        .route("/healthz", get(|| telemetry::healthz(BACKPLANE)));
+        .route("/healthz", get(|| telemetry::healthz(backplane_name())));
     let app = web::serve_pages(app, &cli.static_dir());
     let app = web::cors(app, &cli.cors_origins);
 
     let listener = tokio::net::TcpListener::bind(&cli.listen).await?;
     let addr = listener.local_addr()?;
     println!("listening on http://{addr}");
-    tracing::info!(%addr, backplane = BACKPLANE, "tidings is serving");
+    tracing::info!(%addr, backplane = backplane_name(), "tidings is serving");
 
     let contexts: Vec<_> = hubs.iter().map(|h| h.hub.context()).collect();
     let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
