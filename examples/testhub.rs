@@ -28,6 +28,10 @@ struct Cli {
     /// Address to listen on (port 0 picks a free port).
     #[arg(long, default_value = "127.0.0.1:5000")]
     listen: String,
+    /// Joins a Redis backplane (`redis://HOST:PORT`): fan-out then spans every process
+    /// sharing that Redis.
+    #[arg(long)]
+    redis: Option<String>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug)]
@@ -52,9 +56,17 @@ fn invalid_operation(message: String) -> HubError {
     HubError::unexpected("InvalidOperationException", message)
 }
 
-fn test_hub() -> Hub {
-    Hub::builder()
-        .name("TestHub")
+/// The hub builder with the backplane of `--redis`, if any.
+fn builder(name: &str, redis: Option<&str>) -> tidings::HubBuilder {
+    let b = Hub::builder().name(name);
+    match redis {
+        Some(url) => b.backplane(tidings::backplane::RedisBackplane::new(url)),
+        None => b,
+    }
+}
+
+fn test_hub(redis: Option<&str>) -> Hub {
+    builder("TestHub", redis)
         .method("Echo", |Args(message): Args<String>| async move { message })
         .method("GetCallerConnectionId", |caller: Caller| async move {
             caller.connection_id().to_owned()
@@ -261,7 +273,8 @@ async fn negotiate_cookies(req: Request, next: Next) -> Response {
     res
 }
 
-const HUB_PATHS: [&str; 6] = [
+const HUB_PATHS: [&str; 7] = [
+    "/scaleout",
     "/testhub-nowebsockets",
     "/testhub-nodetails",
     "/testhub",
@@ -356,12 +369,159 @@ fn authorized_hub() -> Hub {
         .build()
 }
 
-fn app() -> Router {
+/// `/scaleout` [ext]: every fan-out target and presence query, for multi-node tests. The
+/// user id comes from the `user` query parameter.
+fn scaleout_hub(redis: Option<&str>) -> Hub {
+    type Ids = Vec<String>;
+    builder("ScaleoutHub", redis)
+        .method("Whoami", |caller: Caller| async move {
+            (
+                caller.connection_id().to_owned(),
+                caller.user_id().map(str::to_owned),
+            )
+        })
+        .method(
+            "AllExcept",
+            |c: Clients, Args((ids, m)): Args<(Ids, String)>| async move {
+                c.all_except(ids).send("Msg", ("allExcept", m)).await?;
+                Ok::<(), HubError>(())
+            },
+        )
+        .method("ToOthers", |c: Clients, Args(m): Args<String>| async move {
+            c.others().send("Msg", ("others", m)).await?;
+            Ok::<(), HubError>(())
+        })
+        .method(
+            "ToOthersInGroup",
+            |c: Clients, Args((g, m)): Args<(String, String)>| async move {
+                c.others_in_group(g)
+                    .send("Msg", ("othersInGroup", m))
+                    .await?;
+                Ok::<(), HubError>(())
+            },
+        )
+        .method(
+            "ToClients",
+            |c: Clients, Args((ids, m)): Args<(Ids, String)>| async move {
+                c.clients(ids).send("Msg", ("clients", m)).await?;
+                Ok::<(), HubError>(())
+            },
+        )
+        .method(
+            "ToClient",
+            |c: Clients, Args((id, m)): Args<(String, String)>| async move {
+                c.client(id).send("Msg", ("client", m)).await?;
+                Ok::<(), HubError>(())
+            },
+        )
+        .method(
+            "ToGroups",
+            |c: Clients, Args((gs, m)): Args<(Ids, String)>| async move {
+                c.groups(gs).send("Msg", ("groups", m)).await?;
+                Ok::<(), HubError>(())
+            },
+        )
+        .method(
+            "ToGroupExcept",
+            |c: Clients, Args((g, ids, m)): Args<(String, Ids, String)>| async move {
+                c.group_except(g, ids)
+                    .send("Msg", ("groupExcept", m))
+                    .await?;
+                Ok::<(), HubError>(())
+            },
+        )
+        .method(
+            "ToUser",
+            |c: Clients, Args((u, m)): Args<(String, String)>| async move {
+                c.user(u).send("Msg", ("user", m)).await?;
+                Ok::<(), HubError>(())
+            },
+        )
+        .method(
+            "ToUsers",
+            |c: Clients, Args((us, m)): Args<(Ids, String)>| async move {
+                c.users(us).send("Msg", ("users", m)).await?;
+                Ok::<(), HubError>(())
+            },
+        )
+        .method(
+            "AddConnectionToGroup",
+            |groups: Groups, Args((id, g)): Args<(String, String)>| async move {
+                groups.add(&id, &g).await?;
+                Ok::<(), HubError>(())
+            },
+        )
+        .method(
+            "RemoveConnectionFromGroup",
+            |groups: Groups, Args((id, g)): Args<(String, String)>| async move {
+                groups.remove(&id, &g).await?;
+                Ok::<(), HubError>(())
+            },
+        )
+        .method(
+            "IsConnected",
+            |c: Clients, Args(id): Args<String>| async move {
+                Ok::<_, HubError>(c.presence().is_connected(&id).await?)
+            },
+        )
+        .method(
+            "IsUserConnected",
+            |c: Clients, Args(u): Args<String>| async move {
+                Ok::<_, HubError>(c.presence().is_user_connected(&u).await?)
+            },
+        )
+        .method(
+            "GroupMembers",
+            |c: Clients, Args(g): Args<String>| async move {
+                Ok::<_, HubError>(c.presence().group_members(&g).await?)
+            },
+        )
+        .method("ConnectionCount", |c: Clients| async move {
+            Ok::<_, HubError>(c.presence().connection_count().await?)
+        })
+        .method(
+            "InvokeClient",
+            |c: Clients, Args(id): Args<String>| async move {
+                match c.client(id).invoke::<serde_json::Value>("Result", ()).await {
+                    Ok(v) => v.to_string(),
+                    Err(tidings::Error::ClientError(e)) => e,
+                    Err(e) => e.to_string(),
+                }
+            },
+        )
+        // Bench: `count` messages to every connection as fast as the node can queue them;
+        // each carries its index and the send time (ms since the Unix epoch).
+        .method(
+            "Blast",
+            |c: Clients, Args((count, size)): Args<(u64, usize)>| async move {
+                let pad = "x".repeat(size.min(64 * 1024));
+                let all = c.all();
+                for i in 0..count {
+                    let now = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map(|d| d.as_secs_f64() * 1000.0)
+                        .unwrap_or_default();
+                    all.send("Blast", (i, now, &pad)).await?;
+                    if i % 256 == 255 {
+                        tokio::task::yield_now().await;
+                    }
+                }
+                Ok::<(), HubError>(())
+            },
+        )
+        .build()
+}
+
+/// The router, and the hub contexts whose backplane counters `/backplane` shows.
+fn app_with(redis: Option<&str>) -> (Router, Vec<HubContext>) {
     // A fresh secret per process: tokens are only for this test server.
     let secret: [u8; 32] = rand::random();
     let jwt = JwtAuth::hs256(&secret).expect("HS256 key");
     let jwt_issuer = jwt.clone();
-    let hub = test_hub();
+    let hub = test_hub(redis);
+    let scaleout = scaleout_hub(redis);
+    let contexts = vec![hub.context(), scaleout.context()];
+    let stats_contexts = contexts.clone();
     let detailed = hub.with_options(|o| o.enable_detailed_errors = true);
     let nodetails = hub.with_options(|o| o.enable_detailed_errors = false);
     let context = hub.context();
@@ -382,7 +542,7 @@ fn app() -> Router {
             ))
         })
         .build();
-    Router::new()
+    let router = Router::new()
         .nest_service("/testhub", detailed.service(stateful))
         .nest_service("/testhub-nowebsockets", detailed.service(no_ws))
         .nest_service("/testhub-nodetails", nodetails.into_service())
@@ -418,7 +578,27 @@ fn app() -> Router {
                 )
             }),
         )
-        .layer(middleware::from_fn(negotiate_cookies))
+        .nest_service(
+            "/scaleout",
+            scaleout
+                .with_options(|o| o.enable_detailed_errors = true)
+                .service(TransportOptions::default())
+                .with_authentication(std::sync::Arc::new(|_token, request| {
+                    Some(tidings::transport::Principal {
+                        user_id: request.query("user"),
+                        claims: Vec::new(),
+                    })
+                })),
+        )
+        .route(
+            "/backplane",
+            get(move || {
+                let stats: Vec<_> = stats_contexts.iter().map(|c| c.backplane_stats()).collect();
+                async move { axum::Json(serde_json::json!({ "hubs": stats })) }
+            }),
+        )
+        .layer(middleware::from_fn(negotiate_cookies));
+    (router, contexts)
 }
 
 #[tokio::main]
@@ -433,7 +613,8 @@ async fn main() -> std::io::Result<()> {
     let listener = tokio::net::TcpListener::bind(&cli.listen).await?;
     let addr = listener.local_addr()?;
     // Lower-casing must happen before routing, so it wraps the whole router.
-    let app = tower_layer::Layer::layer(&middleware::from_fn(lowercase_hub_paths), app());
+    let (app, _contexts) = app_with(cli.redis.as_deref());
+    let app = tower_layer::Layer::layer(&middleware::from_fn(lowercase_hub_paths), app);
     println!("listening on http://{addr}");
     let shutdown = async {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())

@@ -267,3 +267,17 @@ ptest('[raw ServerSentEvents] a MessagePack handshake over SSE is refused with {
     sse.close();
   }
 });
+
+matrixTest('send() (no invocation id) of failing calls gets no reply and leaves the connection usable', {}, async (t, cell) => {
+  // a Completion without invocationId would make the stock client drop the connection
+  const conn = await connect(t, base, cell);
+  await conn.send('ThrowException', 'An error occurred.');
+  await conn.send('ThrowHubException', 'hub error');
+  await conn.send('NotAMethod', 1);
+  await conn.send('Echo'); // wrong argument count
+  await conn.send('Echo', { not: 'a string' });
+  await assertUsable(conn);
+  await new Promise((r) => setTimeout(r, 100));
+  assert.equal(conn.closeCount(), 0);
+  await assertUsable(conn);
+});

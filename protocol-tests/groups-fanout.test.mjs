@@ -234,3 +234,21 @@ for (const cell of CELLS) {
     assert.equal(b.sawGroup(m), 0);
   });
 }
+
+matrixTest('a group of 20 members across all available cells: SendToGroup reaches each exactly once', {}, async (t, cell) => {
+  const usable = CELLS.filter((c) => !pendingReason(c.needs));
+  const members = await Promise.all(Array.from({ length: 20 }, (_, i) => member(t, usable[i % usable.length])));
+  const sender = await member(t, cell);
+  const g = uid('big-group');
+  await Promise.all(members.map((m) => m.conn.invoke('AddToGroup', g)));
+  const msgs = [uid('bg1'), uid('bg2'), uid('bg3')];
+  for (const m of msgs) await sender.conn.invoke('SendToGroup', g, m);
+  await Promise.all(members.map((mb) => mb.expectGroup(g, msgs[2])));
+  await Promise.all(members.map((mb) => mb.barrier()));
+  for (const mb of members) {
+    const got = mb.group.items.filter(([gg]) => gg === g).map(([, m]) => m);
+    assert.deepStrictEqual(got, msgs, `${mb.who}: every group message once, in order`);
+  }
+  await sender.barrier();
+  assert.equal(sender.group.items.length, 0, 'the non-member sender gets nothing');
+});

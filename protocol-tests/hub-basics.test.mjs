@@ -239,3 +239,42 @@ matrixTest('Echo and GetActiveTransportName work on /testhub-nowebsockets', { ce
   assert.equal(await conn.invoke('Echo', 'nowebsockets'), 'nowebsockets');
   assert.equal(await conn.invoke('GetActiveTransportName'), cell.transport);
 });
+
+matrixTest('30 connections of this cell at once: each Echo and GetCallerConnectionId answers its own connection', {}, async (t, cell) => {
+  const conns = await withTimeout(Promise.all(Array.from({ length: 30 }, () => connect(t, base, cell))), 30_000, '30 connections');
+  const ids = new Set(conns.map((c) => c.connectionId));
+  assert.equal(ids.size, 30, 'distinct connection ids');
+  await withTimeout(
+    Promise.all(
+      conns.map(async (c, i) => {
+        assert.equal(await c.invoke('Echo', `conn-${i}`), `conn-${i}`);
+        assert.equal(await c.invoke('GetCallerConnectionId'), c.connectionId);
+      }),
+    ),
+    30_000,
+    'all answers',
+  );
+});
+
+matrixTest('a large client batch (400 queued 5 000-char sends ≈ 2 MB in one frame/POST, each message under 32 KiB) is accepted', {}, async (t, cell) => {
+  const conn = await connect(t, base, cell, { start: false });
+  const box = inbox(conn, 'Broadcast');
+  await conn.start();
+  const tag = uid('batch');
+  const pad = 'w'.repeat(5_000);
+  const N = 400;
+  // all queued at once: the stock client concatenates them into as few sends as it can
+  const sent = await withTimeout(
+    Promise.allSettled(Array.from({ length: N }, (_, i) => conn.send('SendToCaller', `${tag}:${i}:${pad}`))),
+    30_000,
+    'the queued sends',
+  );
+  const failed = sent.filter((r) => r.status === 'rejected');
+  assert.equal(failed.length, 0, `sends rejected: ${failed[0]?.reason?.message}`);
+  await box.waitFor((m) => m.startsWith(`${tag}:${N - 1}:`), 20_000, 'the last Broadcast').catch(() => {});
+  const closeErr = conn.closeCount() ? await conn.closed : null;
+  assert.equal(conn.closeCount(), 0, `connection closed: ${closeErr?.message}`);
+  const got = box.items.map(([m]) => m).filter((m) => m.startsWith(`${tag}:`));
+  assert.equal(got.length, N, 'every message handled once');
+  assert.equal(await conn.invoke('Echo', 'after batch'), 'after batch');
+});

@@ -21,10 +21,11 @@ async function statefulConnection(t, cell, proxy) {
   conn.onreconnected(() => events.reconnected++);
   const broadcast = inbox(conn, 'Broadcast');
   const group = inbox(conn, 'GroupMessage');
+  const direct = inbox(conn, 'Direct');
   await withTimeout(conn.start(), 15_000, 'start through the proxy');
   const [n] = conn.http.negotiations();
   assert.equal(n.useStatefulReconnect, true, 'negotiate must grant stateful reconnect on /testhub');
-  return { conn, events, broadcast, group };
+  return { conn, events, broadcast, group, direct };
 }
 
 async function useProxy(t) {
@@ -98,7 +99,9 @@ matrixTest('repeated drops under steady two-way traffic: every message exactly o
   let socketsCut = 0;
   for (let k = 0; k < CUTS; k++) {
     await sleep(350);
+    const upgrades = proxy.stats.upgrades;
     socketsCut += proxy.cutAll();
+    await proxy.waitForUpgrades(upgrades + 1); // the client's single resume attempt got through
   }
   await withTimeout(sender, 60_000, 'all sends');
   streaming = false;
@@ -136,6 +139,122 @@ matrixTest('repeated drops under steady two-way traffic: every message exactly o
   assert.equal(badEchoes.length, 0, `failed Echo invocations: ${JSON.stringify(badEchoes.slice(0, 2).map((r) => r.reason?.message ?? r.value))}`);
   assert.equal(await conn.invoke('GetCallerConnectionId'), id);
 });
+
+matrixTest('a reconnect that takes 5 s still resumes the same connection; messages sent meanwhile are replayed', R, async (t, cell) => {
+  const proxy = await useProxy(t);
+  const { conn, events, direct } = await statefulConnection(t, cell, proxy);
+  const other = await connect(t, base, cell); // direct, not through the proxy
+  const id = conn.connectionId;
+  proxy.holdNewConnections(5_000);
+  proxy.cutAll();
+  await sleep(200);
+  const sent = [];
+  for (let i = 0; i < 5; i++) {
+    const m = uid(`while-away-${i}`);
+    sent.push(m);
+    await other.invoke('SendToConnection', id, m);
+  }
+  const pending = conn.invoke('Echo', 'queued while away'); // buffered by the client, replayed on resume
+  for (const m of sent) await direct.waitFor((x) => x === m, 20_000, `Direct(${m}) after the slow reconnect`);
+  assert.equal(await withTimeout(pending, 20_000, 'the queued Echo'), 'queued while away');
+  assert.deepStrictEqual(direct.items.map(([m]) => m), sent, 'all, once, in order');
+  assert.equal(conn.connectionId, id);
+  assert.equal(await conn.invoke('GetCallerConnectionId'), id);
+  assert.deepEqual(events, { reconnecting: 0, reconnected: 0 });
+  assert.equal(conn.closeCount(), 0);
+});
+
+matrixTest('two drops in quick succession (the second during the resume) lose nothing', R, async (t, cell) => {
+  const proxy = await useProxy(t);
+  const { conn, events, broadcast } = await statefulConnection(t, cell, proxy);
+  const tag = uid('double');
+  const sends = [];
+  for (let i = 0; i < 20; i++) sends.push(conn.send('SendToCaller', `${tag}:${i}`));
+  const upgrades = proxy.stats.upgrades;
+  proxy.cutAll();
+  for (let i = 20; i < 40; i++) sends.push(conn.send('SendToCaller', `${tag}:${i}`));
+  // cut again right after the resumed socket's 101, i.e. while Sequence/replay is under way
+  // (a cut before the 101 would fail the client's single reconnect attempt by design)
+  await proxy.waitForUpgrades(upgrades + 1);
+  proxy.cutAll();
+  for (let i = 40; i < 60; i++) sends.push(conn.send('SendToCaller', `${tag}:${i}`));
+  await withTimeout(Promise.all(sends), 20_000, 'the sends');
+  await broadcast.waitFor((m) => m === `${tag}:59`, 20_000, 'the last Broadcast').catch(() => {});
+  const got = broadcast.items.map(([m]) => m).filter((m) => m.startsWith(`${tag}:`));
+  t.diagnostic(`sent=60 received=${got.length} proxyAccepted=${proxy.stats.accepted} socketsCut=${proxy.stats.socketsCut}`);
+  assert.deepStrictEqual(got, Array.from({ length: 60 }, (_, i) => `${tag}:${i}`));
+  assert.equal(conn.closeCount(), 0);
+  assert.equal(events.reconnecting, 0);
+});
+
+matrixTest('a burst of more than 100 000 bytes server→client (no drop) waits for Acks instead of closing', R, async (t, cell) => {
+  const proxy = await useProxy(t);
+  const { conn, events, direct } = await statefulConnection(t, cell, proxy);
+  const other = await connect(t, base, cell); // a plain connection produces the burst
+  const tag = uid('burst');
+  const N = 60;
+  const pad = 'b'.repeat(5_000); // ~300 KB to the stateful client, faster than its 1 s Ack cadence
+  await withTimeout(
+    Promise.all(Array.from({ length: N }, (_, i) => other.send('SendToConnection', conn.connectionId, `${tag}:${i}:${pad}`))),
+    20_000,
+    'the burst sends',
+  );
+  await direct.waitFor((m) => m.startsWith(`${tag}:${N - 1}:`), 20_000, 'the last Direct message').catch(() => {});
+  const got = direct.items.map(([m]) => m).filter((m) => m.startsWith(`${tag}:`));
+  t.diagnostic(`sent=${N} bytesEach=${pad.length} received=${got.length} closes=${conn.closeCount()}`);
+  assert.equal(conn.closeCount(), 0, 'the server must apply backpressure (wait for Acks), not close the connection');
+  assert.deepStrictEqual(got.map((m) => Number(m.split(':')[1])), Array.from({ length: N }, (_, i) => i));
+  assert.equal(events.reconnecting, 0);
+});
+
+matrixTest('more than 100 000 unacknowledged bytes across drops: the server acks, nothing blocks or is lost', R, async (t, cell) => {
+  const proxy = await useProxy(t);
+  const { conn, events, broadcast } = await statefulConnection(t, cell, proxy);
+  const tag = uid('big');
+  const N = 120;
+  const pad = 'p'.repeat(4_000); // ~480 KB client→server and back, well over the 100 000-byte buffer
+  const sender = (async () => {
+    for (let i = 0; i < N; i++) {
+      await conn.send('SendToCaller', `${tag}:${i}:${pad}`); // resolves only under the buffer limit
+    }
+  })();
+  for (let k = 0; k < 3; k++) {
+    await sleep(250);
+    const upgrades = proxy.stats.upgrades;
+    proxy.cutAll();
+    await proxy.waitForUpgrades(upgrades + 1);
+  }
+  await withTimeout(sender, 45_000, 'the sends (a server that never sends Ack blocks the client here)');
+  // server→client large results across one more drop
+  const big = conn.invoke('GenerateString', 200_000);
+  proxy.cutAll();
+  assert.equal((await withTimeout(big, 20_000, 'GenerateString across a drop')).length, 200_000);
+  await broadcast.waitFor((m) => m.startsWith(`${tag}:${N - 1}:`), 20_000, 'the last Broadcast').catch(() => {});
+  const got = broadcast.items.map(([m]) => m).filter((m) => m.startsWith(`${tag}:`));
+  const idx = got.map((m) => Number(m.split(':')[1]));
+  t.diagnostic(`sent=${N} bytesEach=${pad.length} received=${got.length} socketsCut=${proxy.stats.socketsCut}`);
+  assert.deepStrictEqual(idx, Array.from({ length: N }, (_, i) => i));
+  assert.ok(got.every((m) => m.endsWith(pad)), 'payloads intact');
+  assert.equal(conn.closeCount(), 0);
+  assert.equal(events.reconnecting, 0);
+});
+
+matrixTest(
+  'withStatefulReconnect() on a non-WebSocket transport: granted at negotiate, the connection works normally (handshake v1)',
+  { needs: ['stateful-reconnect'], cells: CELLS.filter((c) => c.transport !== 'WebSockets') },
+  async (t, cell) => {
+    const conn = await connect(t, base, cell, { stateful: true, record: true, start: false });
+    const broadcast = inbox(conn, 'Broadcast');
+    await withTimeout(conn.start(), 15_000, 'start');
+    assert.equal(conn.http.negotiations()[0].useStatefulReconnect, true);
+    const tag = uid('nonws');
+    for (let i = 0; i < 30; i++) await conn.send('SendToCaller', `${tag}:${i}:${'n'.repeat(5_000)}`);
+    await broadcast.waitFor((m) => m.startsWith(`${tag}:29:`), 15_000, 'the last Broadcast');
+    assert.equal(broadcast.items.length, 30);
+    assert.equal(await conn.invoke('Echo', 'ok'), 'ok');
+    assert.equal(conn.closeCount(), 0);
+  },
+);
 
 matrixTest('without withStatefulReconnect a drop closes the connection (control)', { ...R, needs: [] }, async (t, cell) => {
   const proxy = await useProxy(t);

@@ -180,3 +180,13 @@ matrixTest('an upload ending with error "Something bad" → exact HubException t
   const v = uid('after');
   assert.equal(await conn.invoke('Echo', v), v);
 });
+
+matrixTest('StreamingConcat of 500 uploaded items keeps their order', U, async (t, cell) => {
+  const conn = await connect(t, base, cell);
+  const subject = new Subject();
+  const p = conn.invoke('StreamingConcat', subject);
+  const parts = Array.from({ length: 500 }, (_, i) => `${i % 10}${i % 7 === 0 ? 'é' : ''}`);
+  for (const part of parts) subject.next(part);
+  subject.complete();
+  assert.equal(await withTimeout(p, 20_000, 'StreamingConcat(500 items)'), parts.join(''));
+});

@@ -7,7 +7,7 @@ import { ptest } from './lib/pending.mjs';
 import { useServer } from './lib/server.mjs';
 import { LP_JSON, SSE_JSON, WS_JSON, connect, matrixTest } from './lib/matrix.mjs';
 import { RS, RawSocket, negotiate, openSse, request, tryWebSocket } from './lib/raw.mjs';
-import { uid } from './lib/util.mjs';
+import { uid, withTimeout } from './lib/util.mjs';
 
 const server = await useServer(import.meta.url);
 const base = server.url;
@@ -75,14 +75,18 @@ ptest('[ServerSentEvents/json] long polling or WebSocket on an SSE connection\'s
 matrixTest('long-poll requests of the stock client get the statuses it relies on (first poll 200, POST 200, DELETE 2xx)', { cells: [LP_JSON] }, async (t, cell) => {
   const conn = await connect(t, base, cell, { record: true });
   await assertUsable(conn);
-  await conn.stop();
-  await conn.http.settled();
-  const reqs = conn.http.requests.filter((r) => !/\/negotiate/.test(r.url));
-  const polls = reqs.filter((r) => r.method === 'GET');
-  const posts = reqs.filter((r) => r.method === 'POST');
-  const dels = reqs.filter((r) => r.method === 'DELETE');
+  const live = conn.http.requests.filter((r) => !/\/negotiate/.test(r.url));
+  const polls = live.filter((r) => r.method === 'GET');
+  const posts = live.filter((r) => r.method === 'POST');
+  await withTimeout(Promise.all(posts.map((r) => r.done)), 10_000, 'the POSTs');
   assert.equal(polls[0]?.status, 200, 'first poll');
-  assert.ok(posts.length >= 1 && posts.every((p) => p.status === 200), `POST statuses ${posts.map((p) => p.status)}`);
+  assert.ok(posts.length >= 2 && posts.every((p) => p.status === 200), `POST statuses ${posts.map((p) => p.status)}`);
+  const before = conn.http.requests.length;
+  await conn.stop();
+  // stop() fires the Close POST without awaiting it and races it with the DELETE, so only the
+  // DELETE's status is meaningful here (a POST landing after the DELETE may rightly get 404)
+  const dels = conn.http.requests.slice(before).filter((r) => r.method === 'DELETE');
+  await withTimeout(Promise.all(dels.map((d) => d.done)), 10_000, 'DELETE');
   assert.equal(dels.length, 1, 'one DELETE on stop');
   assert.ok(dels[0].status >= 200 && dels[0].status < 300, `DELETE status ${dels[0].status}`);
 });
@@ -210,4 +214,36 @@ ptest('[raw LongPolling/json] after the server ends a connection (CloseConnectio
   } finally {
     await request(url, { method: 'DELETE' }).catch(() => {});
   }
+});
+
+matrixTest('a token is dead once its connection has ended: transport requests with it → 404', {}, async (t, cell) => {
+  const conn = await connect(t, base, cell, { record: true });
+  const token = tokenOf(conn);
+  await assertUsable(conn);
+  await conn.stop();
+  await new Promise((r) => setTimeout(r, 100));
+  const url = `${base}/testhub?id=${token}`;
+  const post = await request(url, { method: 'POST', body: `{"type":6}${RS}` });
+  assert.equal(post.status, 404, `POST with an ended connection's token: ${post.status}`);
+  const ws = await tryWebSocket(url);
+  if (ws.ws) ws.ws.terminate();
+  assert.equal(ws.status, 404, `WebSocket with an ended connection's token: ${ws.ws ? 101 : ws.status ?? ws.error?.message}`);
+  const sse = await request(url, { headers: { Accept: 'text/event-stream' }, timeout: 5_000 });
+  assert.equal(sse.status, 404, `SSE GET with an ended connection's token: ${sse.status}`);
+});
+
+ptest('[WebSockets/json] a second WebSocket with a live (non-stateful) connection\'s token is refused and does not disturb it', {}, async (t) => {
+  const conn = await connect(t, base, WS_JSON, { record: true });
+  const url = `${base}/testhub?id=${tokenOf(conn)}`;
+  const ws = await tryWebSocket(url);
+  if (ws.ws) {
+    // accepted: it must at least not take the connection over
+    ws.ws.send(`{"protocol":"json","version":1}${RS}`);
+    await new Promise((r) => setTimeout(r, 200));
+    ws.ws.terminate();
+  }
+  await new Promise((r) => setTimeout(r, 200));
+  assert.equal(conn.closeCount(), 0, 'the original connection must stay open');
+  await assertUsable(conn);
+  assert.ok(!ws.ws && is4xx(ws.status), `a second WebSocket for the same connection should be refused (409 in ASP.NET), got ${ws.ws ? 101 : ws.status}`);
 });

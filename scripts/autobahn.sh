@@ -6,10 +6,13 @@
 #   scripts/autobahn.sh --no-build   # reuse target/release/examples/testhub
 #
 # Two runs against one server:
-#   1. every case whose messages fit /echo's frame limit (1 MiB, the transport default):
-#      expected 0 FAILED (permessage-deflate cases are UNIMPLEMENTED: tungstenite has none);
-#   2. the cases whose messages exceed that limit (9.1.4-6, 9.2.4-6, 9.3.*, 9.4.*):
-#      each must be closed by the server with code 1009 (message too big).
+#   1. every case whose messages fit /echo's frame limit (the transport's
+#      maximum_post_body_size, 4 MiB by default): expected 0 FAILED (permessage-deflate cases
+#      are UNIMPLEMENTED: tungstenite has none);
+#   2. the cases whose messages exceed that limit (8 and 16 MiB: 9.1.5-6, 9.2.5-6): each must
+#      be closed by the server with code 1009 (message too big).
+# With another limit, list the oversized cases in AUTOBAHN_OVERSIZED (for 1 MiB:
+# "9.1.4 9.1.5 9.1.6 9.2.4 9.2.5 9.2.6 9.3.* 9.4.*").
 # Reports go to target/autobahn/{within,oversized}/. Exit 0 when both hold.
 set -euo pipefail
 
@@ -46,8 +49,14 @@ done
 url="ws://$addr/echo"
 echo "testing $url"
 
-oversized=(-i '9.1.4' -i '9.1.5' -i '9.1.6' -i '9.2.4' -i '9.2.5' -i '9.2.6' -i '9.3.*' -i '9.4.*')
-excluded=(-x '9.1.4' -x '9.1.5' -x '9.1.6' -x '9.2.4' -x '9.2.5' -x '9.2.6' -x '9.3.*' -x '9.4.*')
+oversized=()
+excluded=()
+set -f  # case globs such as 9.3.* are for kosoku, not the shell
+for case in ${AUTOBAHN_OVERSIZED:-9.1.5 9.1.6 9.2.5 9.2.6}; do
+    oversized+=(-i "$case")
+    excluded+=(-x "$case")
+done
+set +f
 
 set +e
 timeout 900 "$venv/bin/kosoku" -p 2 -o "$out/within" "${excluded[@]}" "$url" >"$out/within.log" 2>&1

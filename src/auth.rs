@@ -32,6 +32,45 @@ pub fn principal_from_claims(claims: &serde_json::Map<String, serde_json::Value>
     Principal { user_id, claims }
 }
 
+/// Who may invoke a method: a predicate over the caller's principal (`None` when the path
+/// does not authenticate). A refused invocation gets ASP.NET's error text
+/// `Failed to invoke '<method>' because user is unauthorized`.
+#[derive(Clone)]
+pub struct Policy(Arc<PolicyFn>);
+
+type PolicyFn = dyn Fn(Option<&Principal>) -> bool + Send + Sync;
+
+impl std::fmt::Debug for Policy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Policy")
+    }
+}
+
+impl Policy {
+    /// A policy from a predicate.
+    pub fn new(f: impl Fn(Option<&Principal>) -> bool + Send + Sync + 'static) -> Self {
+        Self(Arc::new(f))
+    }
+
+    /// Any authenticated user (ASP.NET `[Authorize]`).
+    pub fn authenticated() -> Self {
+        Self::new(|p| p.is_some_and(|p| p.user_id.is_some()))
+    }
+
+    /// Users having claim `kind` with value `value` (e.g. a role).
+    pub fn claim(kind: impl Into<String>, value: impl Into<String>) -> Self {
+        let (kind, value) = (kind.into(), value.into());
+        Self::new(move |p| {
+            p.is_some_and(|p| p.claims.iter().any(|(k, v)| *k == kind && *v == value))
+        })
+    }
+
+    /// Whether `principal` passes.
+    pub fn allows(&self, principal: Option<&Principal>) -> bool {
+        (self.0)(principal)
+    }
+}
+
 /// Validates JSON Web Tokens (HS256 with a shared secret, or RS256 with a public key).
 ///
 /// ```

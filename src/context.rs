@@ -3,7 +3,9 @@
 
 use std::sync::Arc;
 
+use crate::backplane::{BackplaneStatsSnapshot, PresenceAnswer, PresenceQuery};
 use crate::clients::{Clients, Groups};
+use crate::error::Error;
 use crate::hub::{HubShared, HubStats};
 
 /// Sends to a hub's clients and manages its groups from anywhere in the process.
@@ -39,6 +41,18 @@ impl HubContext {
         Groups::new(self.hub.clone())
     }
 
+    /// Presence queries for the whole cluster (this node alone without a backplane).
+    pub fn presence(&self) -> Presence {
+        Presence {
+            hub: self.hub.clone(),
+        }
+    }
+
+    /// The backplane's counters, if the hub has a backplane.
+    pub fn backplane_stats(&self) -> Option<BackplaneStatsSnapshot> {
+        self.hub.backplane.as_ref().map(|b| b.stats())
+    }
+
     /// Live connections of the hub on this node.
     pub fn connection_count(&self) -> usize {
         self.hub.registry.len()
@@ -65,4 +79,79 @@ impl HubContext {
             }
         }
     }
+}
+
+/// Who is online, cluster-wide: answered by the backplane when the hub has one (an
+/// eventually consistent view, a few milliseconds behind), by this node's registry otherwise.
+#[derive(Clone, Debug)]
+pub struct Presence {
+    hub: Arc<HubShared>,
+}
+
+impl Presence {
+    pub(crate) fn new(hub: Arc<HubShared>) -> Self {
+        Self { hub }
+    }
+
+    async fn ask(&self, query: PresenceQuery) -> Result<Option<PresenceAnswer>, Error> {
+        match &self.hub.backplane {
+            Some(b) => b.presence(query).await.map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Whether a connection is live on some node.
+    pub async fn is_connected(&self, connection_id: &str) -> Result<bool, Error> {
+        if self.hub.registry.get(connection_id).is_some() {
+            return Ok(true);
+        }
+        match self
+            .ask(PresenceQuery::Connection(connection_id.to_owned()))
+            .await?
+        {
+            Some(PresenceAnswer::Online(b)) => Ok(b),
+            Some(other) => Err(unexpected(other)),
+            None => Ok(false),
+        }
+    }
+
+    /// Whether a user has a live connection on some node.
+    pub async fn is_user_connected(&self, user_id: &str) -> Result<bool, Error> {
+        if self.hub.registry.has_user(user_id) {
+            return Ok(true);
+        }
+        match self.ask(PresenceQuery::User(user_id.to_owned())).await? {
+            Some(PresenceAnswer::Online(b)) => Ok(b),
+            Some(other) => Err(unexpected(other)),
+            None => Ok(false),
+        }
+    }
+
+    /// Members of a group on every node (sorted).
+    pub async fn group_members(&self, group: &str) -> Result<Vec<String>, Error> {
+        let mut members = match self
+            .ask(PresenceQuery::GroupMembers(group.to_owned()))
+            .await?
+        {
+            Some(PresenceAnswer::Members(m)) => m,
+            Some(other) => return Err(unexpected(other)),
+            None => self.hub.registry.group_members(group),
+        };
+        members.sort();
+        members.dedup();
+        Ok(members)
+    }
+
+    /// Live connections of the hub on every node.
+    pub async fn connection_count(&self) -> Result<usize, Error> {
+        match self.ask(PresenceQuery::ConnectionCount).await? {
+            Some(PresenceAnswer::Count(n)) => Ok(n),
+            Some(other) => Err(unexpected(other)),
+            None => Ok(self.hub.registry.len()),
+        }
+    }
+}
+
+fn unexpected(answer: PresenceAnswer) -> Error {
+    Error::Backplane(format!("unexpected presence answer {answer:?}"))
 }

@@ -94,6 +94,11 @@ impl Caller {
         self.conn.user_id.as_deref()
     }
 
+    /// The hub protocol the connection speaks (JSON or MessagePack).
+    pub fn protocol(&self) -> Protocol {
+        self.conn.protocol
+    }
+
     /// Facts about the transport, the HTTP request and the principal.
     pub fn info(&self) -> &crate::transport::ConnectionInfo {
         &self.conn.info

@@ -25,9 +25,22 @@ use crate::protocol::Payload;
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 
-/// What a filter sees of one invocation.
+/// What a filter is wrapped around.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FilterKind {
+    /// A hub method invocation.
+    Invocation,
+    /// The on-connected hooks of a new connection (an `Err` refuses the connection).
+    Connected,
+    /// The on-disconnected hooks of an ended connection.
+    Disconnected,
+}
+
+/// What a filter sees of one invocation (or connect / disconnect).
 #[derive(Debug, Clone)]
 pub struct FilterCall {
+    /// What is being filtered.
+    pub kind: FilterKind,
     /// The method name as the client spelled it (empty for connect/disconnect hooks).
     pub method: String,
     /// The calling connection.
@@ -104,13 +117,18 @@ impl Filters {
         self.chain.push(f);
     }
 
-    fn call_info(ctx: &InvocationContext, headers: crate::protocol::Headers) -> FilterCall {
+    pub(crate) fn call_info(
+        kind: FilterKind,
+        ctx: &InvocationContext,
+        headers: crate::protocol::Headers,
+    ) -> FilterCall {
         let argument_count = ctx
             .arguments
             .as_ref()
             .and_then(|a| crate::protocol::ArgsDeserializer::new(ctx.protocol(), a).ok())
             .map_or(0, |d| d.len());
         FilterCall {
+            kind,
             method: ctx.target.clone(),
             connection_id: ctx.conn.id.clone(),
             user_id: ctx.conn.user_id.clone(),
@@ -129,9 +147,20 @@ impl Filters {
         if self.chain.is_empty() {
             return call(ctx).await;
         }
-        let info = Self::call_info(&ctx, headers);
-        let innermost: Box<dyn FnOnce() -> BoxFuture<FilterResult> + Send> =
-            Box::new(move || Box::pin(async move { FilterResult(call(ctx).await) }));
+        let info = Self::call_info(FilterKind::Invocation, &ctx, headers);
+        self.wrap(
+            info,
+            Box::new(move || Box::pin(async move { FilterResult(call(ctx).await) })),
+        )
+        .await
+    }
+
+    /// Runs `innermost` inside every filter, first added outermost.
+    pub(crate) async fn wrap(
+        &self,
+        info: FilterCall,
+        innermost: Box<dyn FnOnce() -> BoxFuture<FilterResult> + Send>,
+    ) -> Result<Payload, InvokeError> {
         let next = self.chain.iter().rev().fold(innermost, |inner, filter| {
             let filter = filter.clone();
             let info = info.clone();

@@ -114,16 +114,25 @@ impl ReconnectOp {
 /// Runs `ops` through the replay buffer and the inbound cursor, checking their invariants
 /// after every step against a model; panics on a violation.
 ///
-/// Replay buffer: it holds exactly the messages sent after the highest Ack seen (in order), the
-/// `Sequence` id it would announce is the first of them, and `over_limit` is exactly "buffered
-/// bytes > limit". Inbound cursor: messages are processed exactly once, in order, never
+/// Replay buffer: it holds exactly the messages sent after the highest Ack seen (in order),
+/// the `Sequence` id it would announce is the first of them, their bytes never exceed `limit`
+/// (but for a single larger message alone), messages that do not fit are held back in order
+/// and released, numbered, as Acks make room, and only a held backlog over its own cap is a
+/// slow consumer. Inbound cursor: messages are processed exactly once, in order, never
 /// skipping one (ids 1, 2, 3, …), whatever Sequence ids the client announces; an Ack never
 /// goes backwards nor beyond what was processed.
 pub fn check_reconnect(ops: &[ReconnectOp], limit: usize) {
+    use crate::connection::reconnect::Admit;
+    use std::collections::VecDeque;
+
+    let held_limit = (limit * 10).max(1 << 20);
     let mut buffer = ReplayBuffer::new(limit);
-    let mut model: std::collections::VecDeque<(u64, usize)> = Default::default();
-    let mut next_send = 1u64;
-    let mut model_first = 1u64;
+    // (sequence id, length) of the numbered messages not yet acknowledged.
+    let mut sent: VecDeque<(u64, usize)> = VecDeque::new();
+    let mut sent_bytes = 0usize;
+    let mut held: VecDeque<usize> = VecDeque::new();
+    let mut held_bytes = 0usize;
+    let mut next_seq = 1u64;
 
     let mut cursor = InboundCursor::new();
     let mut processed = 0u64;
@@ -133,16 +142,41 @@ pub fn check_reconnect(ops: &[ReconnectOp], limit: usize) {
         match *op {
             ReconnectOp::Send(len) => {
                 let len = usize::from(len);
-                buffer.push(bytes::Bytes::from(vec![0u8; len]));
-                model.push_back((next_send, len));
-                next_send += 1;
+                let got = buffer.admit(bytes::Bytes::from(vec![0u8; len]));
+                let fits = sent.is_empty() || sent_bytes + len <= limit;
+                let expected = if held.is_empty() && fits {
+                    sent.push_back((next_seq, len));
+                    sent_bytes += len;
+                    next_seq += 1;
+                    Admit::Send
+                } else if held_bytes + len > held_limit {
+                    Admit::Overflow
+                } else {
+                    held.push_back(len);
+                    held_bytes += len;
+                    Admit::Held
+                };
+                assert_eq!(got, expected, "admit({len})");
             }
             ReconnectOp::Ack(id) => {
-                buffer.ack(id);
-                while model.front().is_some_and(|(seq, _)| *seq <= id) {
-                    model.pop_front();
+                let released: Vec<usize> = buffer.ack(id).iter().map(|b| b.len()).collect();
+                while sent.front().is_some_and(|(seq, _)| *seq <= id) {
+                    let (_, len) = sent.pop_front().expect("front exists");
+                    sent_bytes -= len;
                 }
-                model_first = model.front().map_or(next_send, |(seq, _)| *seq);
+                let mut expected = Vec::new();
+                while let Some(&len) = held.front() {
+                    if !(sent.is_empty() || sent_bytes + len <= limit) {
+                        break;
+                    }
+                    held.pop_front();
+                    held_bytes -= len;
+                    sent.push_back((next_seq, len));
+                    sent_bytes += len;
+                    next_seq += 1;
+                    expected.push(len);
+                }
+                assert_eq!(released, expected, "released by Ack({id})");
             }
             ReconnectOp::Sequence(id) => {
                 let accepted = cursor.sequence(id).is_ok();
@@ -165,19 +199,15 @@ pub fn check_reconnect(ops: &[ReconnectOp], limit: usize) {
                 }
             }
         }
-        assert_eq!(
-            buffer.first_unacked(),
-            model_first,
-            "first unacked after {op:?}"
-        );
+        let first = sent.front().map_or(next_seq, |(seq, _)| *seq);
+        assert_eq!(buffer.first_unacked(), first, "first unacked after {op:?}");
         let pending: Vec<usize> = buffer.pending().map(|b| b.len()).collect();
-        let expected: Vec<usize> = model.iter().map(|(_, len)| *len).collect();
+        let expected: Vec<usize> = sent.iter().map(|(_, len)| *len).collect();
         assert_eq!(pending, expected, "replay buffer after {op:?}");
-        let bytes: usize = expected.iter().sum();
-        assert_eq!(
-            buffer.over_limit(),
-            bytes > limit,
-            "over_limit after {op:?}"
+        assert!(
+            sent_bytes <= limit || sent.len() == 1,
+            "{sent_bytes} unacknowledged bytes over the limit {limit}"
         );
+        assert!(held_bytes <= held_limit);
     }
 }

@@ -28,6 +28,7 @@
 #![warn(missing_docs)]
 
 pub mod auth;
+pub mod backplane;
 pub mod clients;
 mod connection;
 pub mod context;
@@ -45,11 +46,13 @@ pub mod protocol;
 pub mod registry;
 pub mod server;
 pub mod service;
+#[cfg(feature = "test-util")]
+pub mod testing;
 pub mod transport;
 pub mod value;
 
 pub use clients::{ClientProxy, Clients, Groups, SingleClientProxy};
-pub use context::HubContext;
+pub use context::{HubContext, Presence};
 pub use error::{Error, HubError};
 pub use extract::{Args, Caller, CancellationToken, ClientStream, State};
 pub use hub::{Hub, HubBuilder};

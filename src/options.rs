@@ -74,13 +74,24 @@ pub struct TransportOptions {
     /// How long one write to a client may stall before the connection is closed.
     /// Defaults to 10 s (`TransportSendTimeout`).
     pub transport_send_timeout: Duration,
-    /// The largest request body accepted on a send (POST), in bytes. Defaults to 1 MiB.
+    /// The largest request body accepted on a send (POST), and the largest WebSocket message,
+    /// in bytes. One body or message may carry many hub messages (the stock client batches
+    /// queued sends), each still limited by `HubOptions::maximum_receive_message_size`; this
+    /// bounds what one request can make the server buffer. A POST declaring more is refused
+    /// with 413 before its body is read. Defaults to 4 MiB.
     pub maximum_post_body_size: usize,
     /// The lowest negotiate version accepted. Defaults to 0 (`MinimumProtocolVersion`).
     pub minimum_protocol_version: u32,
     /// Connections negotiated but not yet used that this path keeps at once; more get 429.
     /// Defaults to 10 000.
     pub maximum_pending_negotiations: usize,
+    /// Connections this path holds at once (negotiated, live or just ended); more get 429.
+    /// Defaults to 100 000.
+    pub maximum_connections: usize,
+    /// Origins allowed to open WebSockets (browsers do not apply CORS to upgrades, so the
+    /// check is here). `None` allows any origin. Requests without `Origin` (non-browser
+    /// clients) are always allowed. Defaults to `None`.
+    pub allowed_origins: Option<Vec<String>>,
 }
 
 impl Default for TransportOptions {
@@ -92,9 +103,11 @@ impl Default for TransportOptions {
             disconnect_timeout: Duration::from_secs(15),
             transport_max_buffer_size: 1024 * 1024,
             transport_send_timeout: Duration::from_secs(10),
-            maximum_post_body_size: 1024 * 1024,
+            maximum_post_body_size: 4 * 1024 * 1024,
             minimum_protocol_version: 0,
             maximum_pending_negotiations: 10_000,
+            maximum_connections: 100_000,
+            allowed_origins: None,
         }
     }
 }

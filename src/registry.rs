@@ -13,13 +13,17 @@ use dashmap::DashMap;
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
-use crate::connection::reconnect::ReplayBuffer;
+use crate::connection::reconnect::{Admit, ReplayBuffer};
 use crate::protocol::{Close, HubMessage, Outcome, Protocol};
 use crate::transport::manager::lock;
 use crate::transport::{CloseKind, ConnectionInfo, Frame, Outbound, SendError};
 
+/// How long a send to one connection waits for room in its buffer (ASP.NET's
+/// `TransportSendTimeout`).
+pub(crate) const SEND_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// One message encoded once per protocol, ready to be queued for any number of connections.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EncodedMessage {
     /// The JSON encoding (framed).
     pub json: Bytes,
@@ -60,6 +64,9 @@ pub struct HubConnection {
     pub(crate) aborted: CancellationToken,
     pub(crate) replay: Option<Mutex<ReplayBuffer>>,
     pub(crate) close_message: Mutex<Option<Close>>,
+    /// When the connection joined, in milliseconds since the Unix epoch (a backplane replay
+    /// does not hand it messages sent before).
+    pub(crate) connected_at_ms: u64,
 }
 
 impl HubConnection {
@@ -82,6 +89,10 @@ impl HubConnection {
             aborted: CancellationToken::new(),
             replay: stateful.then(|| Mutex::new(ReplayBuffer::new(replay_limit))),
             close_message: Mutex::new(None),
+            connected_at_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or_default(),
         }
     }
 
@@ -115,11 +126,10 @@ impl HubConnection {
                 // Numbering and queueing under one lock keeps the replay order identical to
                 // the order on the wire.
                 let mut replay = lock(replay);
-                if replay.over_limit() {
-                    Err(SendError::Full)
-                } else {
-                    replay.push(data.clone());
-                    self.outbound.push(self.frame(data))
+                match replay.admit(data.clone()) {
+                    Admit::Send => self.outbound.push(self.frame(data)),
+                    Admit::Held => Ok(()),
+                    Admit::Overflow => Err(SendError::Full),
                 }
             }
             _ => self.outbound.push(self.frame(data)),
@@ -132,6 +142,34 @@ impl HubConnection {
             }));
         }
         result
+    }
+
+    /// The client acknowledged messages up to `sequence_id`: frees them and writes what was
+    /// held back for lack of room.
+    pub(crate) fn acknowledge(&self, sequence_id: u64) {
+        if let Some(replay) = &self.replay {
+            let mut replay = lock(replay);
+            for data in replay.ack(sequence_id) {
+                if self.outbound.push(self.frame(data)).is_err() {
+                    break;
+                }
+            }
+        }
+    }
+
+    /// Queues bytes for this one connection, waiting (up to [`SEND_TIMEOUT`]) while its
+    /// buffer is full instead of closing it: a sender that targets one client slows down
+    /// with that client. A client that stays full that long is closed as a slow consumer.
+    pub(crate) async fn send_encoded_wait(&self, data: Bytes) -> Result<(), SendError> {
+        if self.replay.is_none() {
+            match tokio::time::timeout(SEND_TIMEOUT, self.outbound.wait_for_space(data.len())).await
+            {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return Err(e),
+                Err(_) => {} // still full: send_encoded closes it as a slow consumer
+            }
+        }
+        self.send_encoded(data, true)
     }
 
     /// Encodes and queues one message.
@@ -182,6 +220,19 @@ pub enum Target {
     Users(Vec<String>),
 }
 
+/// What a group command did to a local connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GroupChange {
+    /// The membership changed.
+    Changed,
+    /// It already was as asked (a member already, or not a member).
+    Unchanged,
+    /// The connection is not on this node.
+    NotFound,
+    /// The connection is in `maximum_groups_per_connection` groups already.
+    LimitReached,
+}
+
 /// A hub's live connections on this node, with group and user indexes.
 #[derive(Debug, Default)]
 pub struct Registry {
@@ -201,15 +252,17 @@ impl Registry {
         self.connections.insert(conn.id.clone(), conn);
     }
 
-    pub(crate) fn remove(&self, conn: &HubConnection) {
+    /// Removes a connection and its group memberships; returns the groups it was in.
+    pub(crate) fn remove(&self, conn: &HubConnection) -> Vec<String> {
         self.connections.remove(&conn.id);
         let groups: Vec<String> = lock(&conn.groups).drain().collect();
-        for g in groups {
-            self.remove_from_index(&self.groups, &g, &conn.id);
+        for g in &groups {
+            self.remove_from_index(&self.groups, g, &conn.id);
         }
         if let Some(user) = &conn.user_id {
             self.remove_from_index(&self.users, user, &conn.id);
         }
+        groups
     }
 
     fn remove_from_index(&self, index: &DashMap<String, HashSet<String>>, key: &str, id: &str) {
@@ -239,20 +292,18 @@ impl Registry {
         self.connections.is_empty()
     }
 
-    /// Adds connection `id` to `group`; false when the connection is not on this node.
-    pub(crate) fn add_to_group(
-        &self,
-        id: &str,
-        group: &str,
-        max_groups: usize,
-    ) -> Result<bool, ()> {
+    /// Adds connection `id` to `group`.
+    pub(crate) fn add_to_group(&self, id: &str, group: &str, max_groups: usize) -> GroupChange {
         let Some(conn) = self.get(id) else {
-            return Ok(false);
+            return GroupChange::NotFound;
         };
         {
             let mut groups = lock(&conn.groups);
-            if !groups.contains(group) && groups.len() >= max_groups {
-                return Err(());
+            if groups.contains(group) {
+                return GroupChange::Unchanged;
+            }
+            if groups.len() >= max_groups {
+                return GroupChange::LimitReached;
             }
             groups.insert(group.to_owned());
         }
@@ -260,17 +311,39 @@ impl Registry {
             .entry(group.to_owned())
             .or_default()
             .insert(id.to_owned());
-        Ok(true)
+        GroupChange::Changed
     }
 
-    /// Removes connection `id` from `group`; false when the connection is not on this node.
-    pub(crate) fn remove_from_group(&self, id: &str, group: &str) -> bool {
+    /// Removes connection `id` from `group`.
+    pub(crate) fn remove_from_group(&self, id: &str, group: &str) -> GroupChange {
         let Some(conn) = self.get(id) else {
-            return false;
+            return GroupChange::NotFound;
         };
-        lock(&conn.groups).remove(group);
+        if !lock(&conn.groups).remove(group) {
+            return GroupChange::Unchanged;
+        }
         self.remove_from_index(&self.groups, group, id);
-        true
+        GroupChange::Changed
+    }
+
+    /// Whether `group` has a member on this node.
+    pub fn has_group(&self, group: &str) -> bool {
+        self.groups.contains_key(group)
+    }
+
+    /// Whether `user` has a connection on this node.
+    pub fn has_user(&self, user: &str) -> bool {
+        self.users.contains_key(user)
+    }
+
+    /// Names of the groups with a member on this node.
+    pub fn group_names(&self) -> Vec<String> {
+        self.groups.iter().map(|g| g.key().clone()).collect()
+    }
+
+    /// Users with a connection on this node.
+    pub fn user_ids(&self) -> Vec<String> {
+        self.users.iter().map(|u| u.key().clone()).collect()
     }
 
     /// Members of `group` on this node.
@@ -296,11 +369,21 @@ impl Registry {
 
     /// Queues `msg` for every local connection `target` names; returns how many.
     pub fn send(&self, target: &Target, msg: &EncodedMessage) -> usize {
+        self.send_where(target, msg, |_| true)
+    }
+
+    /// [`Registry::send`] to the connections `target` names that also pass `keep`.
+    pub fn send_where(
+        &self,
+        target: &Target,
+        msg: &EncodedMessage,
+        keep: impl Fn(&HubConnection) -> bool,
+    ) -> usize {
         let mut n = 0;
         match target {
             Target::All { except } => {
                 for c in self.connections.iter() {
-                    if !except.iter().any(|e| e == c.key()) {
+                    if !except.iter().any(|e| e == c.key()) && keep(c.value()) {
                         Self::deliver(c.value(), msg);
                         n += 1;
                     }
@@ -308,7 +391,7 @@ impl Registry {
             }
             Target::Connections(ids) => {
                 for id in ids {
-                    if let Some(c) = self.get(id) {
+                    if let Some(c) = self.get(id).filter(|c| keep(c)) {
                         Self::deliver(&c, msg);
                         n += 1;
                     }
@@ -323,7 +406,7 @@ impl Registry {
                     if except.iter().any(|e| e == id) || !seen.insert(id.as_str()) {
                         continue;
                     }
-                    if let Some(c) = self.get(id) {
+                    if let Some(c) = self.get(id).filter(|c| keep(c)) {
                         targets.push(c);
                     }
                 }
@@ -338,7 +421,7 @@ impl Registry {
                     .flat_map(|u| self.user_connections(u))
                     .collect();
                 for id in ids {
-                    if let Some(c) = self.get(&id) {
+                    if let Some(c) = self.get(&id).filter(|c| keep(c)) {
                         Self::deliver(&c, msg);
                         n += 1;
                     }

@@ -216,13 +216,13 @@ impl HubService {
             ));
             return full(StatusCode::OK, Some("application/json"), body);
         }
+        if !self.manager.handler.accepting() {
+            return text(StatusCode::SERVICE_UNAVAILABLE, "Server is shutting down");
+        }
         let stateful = query.use_stateful_reconnect && self.options().allow_stateful_reconnects;
         let v0 = query.negotiate_version == 0;
         let Some(entry) = self.manager.create(v0, stateful, principal) else {
-            return text(
-                StatusCode::TOO_MANY_REQUESTS,
-                "Too many pending connections",
-            );
+            return text(StatusCode::TOO_MANY_REQUESTS, "Too many connections");
         };
         let response = NegotiateResponse {
             negotiate_version: query.negotiate_version,
@@ -264,20 +264,25 @@ impl HubService {
         if !self.enabled(TransportType::WebSockets) {
             return transport_not_supported(TransportType::WebSockets);
         }
+        if let (Some(allowed), Some(origin)) =
+            (&self.options().allowed_origins, info.header("origin"))
+            && !allowed.iter().any(|a| a.eq_ignore_ascii_case(origin))
+        {
+            tracing::debug!(origin, "websocket upgrade from a disallowed origin");
+            return text(StatusCode::FORBIDDEN, "Origin not allowed");
+        }
         let accept = match websocket::accept_key(&info.headers) {
             Ok(k) => k,
             Err(why) => return text(StatusCode::BAD_REQUEST, why),
         };
         let entry = match id {
             // skipNegotiation: the connection is created on the fly.
+            None if !self.manager.handler.accepting() => {
+                return text(StatusCode::SERVICE_UNAVAILABLE, "Server is shutting down");
+            }
             None => match self.manager.create(true, false, principal) {
                 Some(e) => e,
-                None => {
-                    return text(
-                        StatusCode::TOO_MANY_REQUESTS,
-                        "Too many pending connections",
-                    );
-                }
+                None => return text(StatusCode::TOO_MANY_REQUESTS, "Too many connections"),
             },
             Some(token) => match self.lookup(&token) {
                 Ok(e) => e,
@@ -426,6 +431,9 @@ impl HubService {
             Ok(e) => e,
             Err(reject) => return reject.response(),
         };
+        if entry.ended.is_cancelled() {
+            return text(StatusCode::NOT_FOUND, "No Connection with that ID");
+        }
         match entry.transport.get() {
             Some(TransportType::WebSockets) => {
                 return text(

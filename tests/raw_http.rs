@@ -357,7 +357,7 @@ async fn oversized_post_bodies_get_413_before_being_read() {
     assert!(head.starts_with("HTTP/1.1 413"), "{head}");
     drop(raw);
 
-    // A chunked body with no declared length: cut off at the limit (1 MiB by default).
+    // A chunked body with no declared length: cut off at the limit (4 MiB by default).
     let mut raw = tokio::net::TcpStream::connect(server.addr).await.unwrap();
     raw.write_all(
         format!(

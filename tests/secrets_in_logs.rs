@@ -195,7 +195,7 @@ async fn scenario(
     let (status, _) = raw_request(
         addr,
         format!(
-            "POST {} HTTP/1.1\r\nhost: x\r\ncontent-length: 2000000\r\n\r\n",
+            "POST {} HTTP/1.1\r\nhost: x\r\ncontent-length: 100000000\r\n\r\n",
             lp.url()
         )
         .as_bytes(),

@@ -97,6 +97,9 @@ pub(crate) async fn run(hub: Arc<HubShared>, mut io: ConnectionIo) {
 
     // 2. Registration and the on-connected hook.
     hub.registry.add(conn.clone());
+    if let Some(backplane) = &hub.backplane {
+        backplane.connection_added(&conn).await;
+    }
     hub.stats.connected(transport);
     if let Err(e) = dispatch::on_connected(&hub, &conn).await {
         let detail = if options.enable_detailed_errors {
@@ -144,7 +147,10 @@ pub(crate) async fn run(hub: Arc<HubShared>, mut io: ConnectionIo) {
             conn.close_transport(kind);
         }
     }
-    hub.registry.remove(&conn);
+    let groups = hub.registry.remove(&conn);
+    if let Some(backplane) = &hub.backplane {
+        backplane.connection_removed(&conn, &groups);
+    }
     conn.pending_results.clear();
     dispatch::on_disconnected(&hub, &conn).await;
     hub.stats.disconnected(transport);
@@ -330,11 +336,7 @@ impl LoopState {
             }
             HubMessage::Ping => {}
             HubMessage::Close(_) => return Some(Ending::Client),
-            HubMessage::Ack(id) => {
-                if let Some(replay) = &self.conn.replay {
-                    lock(replay).ack(id);
-                }
-            }
+            HubMessage::Ack(id) => self.conn.acknowledge(id),
             HubMessage::Sequence(id) => {
                 if self.stateful && self.cursor.sequence(id).is_err() {
                     return Some(Ending::Error(
@@ -348,7 +350,8 @@ impl LoopState {
     }
 
     fn invocation(&mut self, inv: Invocation, streaming: bool) -> Option<Ending> {
-        let method = match dispatch::check(&self.hub, &inv, streaming) {
+        let principal = self.conn.info.principal.as_ref();
+        let method = match dispatch::check(&self.hub, &inv, streaming, principal) {
             Ok(m) => m,
             Err(error) => {
                 if let Some(id) = &inv.invocation_id {

@@ -13,12 +13,14 @@ use crate::options::HubOptions;
 #[must_use]
 pub struct HubBuilder {
     name: String,
-    methods: HashMap<String, Arc<Method>>,
+    methods: HashMap<String, Method>,
     on_connected: Vec<UnaryFn>,
     on_disconnected: Vec<UnaryFn>,
     filters: Filters,
     state: HashMap<TypeId, Box<dyn Any + Send + Sync>>,
     options: HubOptions,
+    backplane: Option<Arc<dyn crate::backplane::Backplane>>,
+    policies: Vec<(String, crate::auth::Policy)>,
 }
 
 impl std::fmt::Debug for HubBuilder {
@@ -39,6 +41,8 @@ impl HubBuilder {
             filters: Filters::default(),
             state: HashMap::new(),
             options: HubOptions::default(),
+            backplane: None,
+            policies: Vec::new(),
         }
     }
 
@@ -51,7 +55,7 @@ impl HubBuilder {
     fn insert(&mut self, name: &str, method: Method) {
         let key = name.to_lowercase();
         // ASP.NET forbids overloads; the last registration of a name wins, loudly.
-        if self.methods.insert(key, Arc::new(method)).is_some() {
+        if self.methods.insert(key, method).is_some() {
             tracing::warn!(
                 method = name,
                 "hub method registered twice; the last one wins"
@@ -68,6 +72,7 @@ impl HubBuilder {
                 streaming: false,
                 upload_streams: H::UPLOAD_STREAMS,
                 kind: MethodKind::Unary(erase_unary(handler)),
+                policy: None,
             },
         );
         self
@@ -83,8 +88,16 @@ impl HubBuilder {
                 streaming: true,
                 upload_streams: H::UPLOAD_STREAMS,
                 kind: MethodKind::Stream(erase_stream(handler)),
+                policy: None,
             },
         );
+        self
+    }
+
+    /// Only callers that `policy` allows may invoke method `name` (registered before or after
+    /// this call); others get `Failed to invoke '<name>' because user is unauthorized`.
+    pub fn authorize_method(mut self, name: &str, policy: crate::auth::Policy) -> Self {
+        self.policies.push((name.to_lowercase(), policy));
         self
     }
 
@@ -125,20 +138,53 @@ impl HubBuilder {
         self
     }
 
+    /// Spans the hub over several processes through `backplane` (for example
+    /// `tidings::backplane::RedisBackplane`). Without one the hub is in-memory, single-node.
+    /// `build` must then run inside a Tokio runtime.
+    pub fn backplane(mut self, backplane: impl crate::backplane::Backplane) -> Self {
+        self.backplane = Some(Arc::new(backplane));
+        self
+    }
+
     /// Builds the hub.
-    pub fn build(self) -> Hub {
+    pub fn build(mut self) -> Hub {
+        for (name, policy) in self.policies.drain(..) {
+            match self.methods.get_mut(&name) {
+                Some(m) => m.policy = Some(policy),
+                None => {
+                    tracing::warn!(method = %name, "authorize_method names no registered method")
+                }
+            }
+        }
+        let methods = self
+            .methods
+            .into_iter()
+            .map(|(k, m)| (k, Arc::new(m)))
+            .collect();
         let stats = Arc::new(super::HubStats::default());
+        let registry: Arc<crate::registry::Registry> = Arc::default();
+        if let Some(backplane) = &self.backplane {
+            backplane.start(crate::backplane::Node {
+                hub_name: self.name.as_str().into(),
+                registry: registry.clone(),
+                stats: stats.clone(),
+                max_groups: self.options.maximum_groups_per_connection,
+                client_result_timeout: self.options.client_result_timeout,
+            });
+        }
         Hub {
             shared: Arc::new(HubShared {
                 name: self.name.into(),
-                methods: Arc::new(self.methods),
+                methods: Arc::new(methods),
                 on_connected: self.on_connected.into(),
                 on_disconnected: self.on_disconnected.into(),
                 filters: Arc::new(self.filters),
                 state: Arc::new(self.state),
                 options: Arc::new(self.options),
-                registry: Arc::default(),
+                registry,
                 stats,
+                backplane: self.backplane,
+                draining: Arc::default(),
             }),
         }
     }

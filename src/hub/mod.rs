@@ -30,6 +30,7 @@ pub(crate) struct Method {
     pub(crate) streaming: bool,
     pub(crate) upload_streams: usize,
     pub(crate) kind: MethodKind,
+    pub(crate) policy: Option<crate::auth::Policy>,
 }
 
 impl std::fmt::Debug for Method {
@@ -54,6 +55,10 @@ pub(crate) struct HubShared {
     pub(crate) options: Arc<HubOptions>,
     pub(crate) registry: Arc<Registry>,
     pub(crate) stats: Arc<HubStats>,
+    /// Other nodes of the cluster; `None` (the default) is in-memory, single-node.
+    pub(crate) backplane: Option<Arc<dyn crate::backplane::Backplane>>,
+    /// Set by [`Hub::drain`]: new connections are refused with 503.
+    pub(crate) draining: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl std::fmt::Debug for HubShared {
@@ -138,6 +143,29 @@ impl Hub {
         self.shared.stats.clone()
     }
 
+    /// Drains the hub (graceful shutdown): new negotiations get 503, every connection gets
+    /// `Close{allowReconnect: true}` (stock clients with automatic reconnect go to another
+    /// node), and this waits until every connection has ended or `deadline` has passed.
+    /// Returns the number of connections still open at the deadline.
+    pub async fn drain(&self, deadline: std::time::Duration) -> usize {
+        self.shared
+            .draining
+            .store(true, std::sync::atomic::Ordering::Release);
+        self.context().close_all(true);
+        let until = tokio::time::Instant::now() + deadline;
+        while !self.shared.registry.is_empty() && tokio::time::Instant::now() < until {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        self.shared.registry.len()
+    }
+
+    /// Whether [`Hub::drain`] was called.
+    pub fn is_draining(&self) -> bool {
+        self.shared
+            .draining
+            .load(std::sync::atomic::Ordering::Acquire)
+    }
+
     /// A tower `Service` serving this hub with the default transport options.
     pub fn into_service(self) -> HubService {
         self.service(TransportOptions::default())
@@ -145,7 +173,12 @@ impl Hub {
 
     /// A tower `Service` serving this hub with `transport` options.
     pub fn service(&self, transport: TransportOptions) -> HubService {
-        HubService::new(HubEndpoint(self.shared.clone()), transport)
+        HubService::new(self.endpoint(), transport)
+    }
+
+    /// The hub as a connection handler (what a service runs for each connection).
+    pub(crate) fn endpoint(&self) -> impl ConnectionHandler + use<> {
+        HubEndpoint(self.shared.clone())
     }
 }
 
@@ -154,6 +187,17 @@ struct HubEndpoint(Arc<HubShared>);
 
 impl ConnectionHandler for HubEndpoint {
     fn on_connected(&self, io: ConnectionIo) -> BoxFuture<()> {
-        Box::pin(crate::connection::run(self.0.clone(), io))
+        use tracing::Instrument;
+        let span = tracing::debug_span!(
+            "connection",
+            connection_id = %io.info.connection_id,
+            transport = io.info.transport.name(),
+            hub = %self.0.name,
+        );
+        Box::pin(crate::connection::run(self.0.clone(), io).instrument(span))
+    }
+
+    fn accepting(&self) -> bool {
+        !self.0.draining.load(std::sync::atomic::Ordering::Acquire)
     }
 }

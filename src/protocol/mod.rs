@@ -286,6 +286,22 @@ impl Protocol {
         }
     }
 
+    /// Encodes an argument list: `args` serializes as a sequence (a tuple such as `(a, b)` or
+    /// `(x,)`, an array, a `Vec`); `()` means no arguments and gives an empty list.
+    pub fn encode_arguments<T: serde::Serialize + ?Sized>(
+        self,
+        args: &T,
+    ) -> Result<Payload, ProtocolError> {
+        let mut payload = self.encode_value(args)?;
+        // `()` serializes as a unit (null), but it means "no arguments": an empty list.
+        match (self, &payload.0[..]) {
+            (Self::Json, b"null") => payload.0 = Bytes::from_static(b"[]"),
+            (Self::MessagePack, [0xc0]) => payload.0 = Bytes::from_static(&[0x90]),
+            _ => {}
+        }
+        Ok(payload)
+    }
+
     /// Decodes one value encoded in this protocol.
     ///
     /// The bytes are checked first, whatever their origin: nesting deeper than [`MAX_DEPTH`]

@@ -137,7 +137,9 @@ impl ConnectionManager {
         principal: Option<Principal>,
     ) -> Option<Arc<ConnEntry>> {
         self.ensure_reaper();
-        if self.pending() >= self.options.maximum_pending_negotiations {
+        if self.by_token.len() >= self.options.maximum_connections
+            || self.pending() >= self.options.maximum_pending_negotiations
+        {
             return None;
         }
         let id = random_id();

@@ -88,6 +88,8 @@ struct OutboundState {
 pub struct Outbound {
     state: Mutex<OutboundState>,
     notify: Notify,
+    /// Signalled whenever the transport takes frames out (room for waiting senders).
+    space: Notify,
     limit: usize,
 }
 
@@ -111,6 +113,7 @@ impl Outbound {
                 high_water: 0,
             }),
             notify: Notify::new(),
+            space: Notify::new(),
             limit,
         }
     }
@@ -140,6 +143,24 @@ impl Outbound {
         }
         self.notify.notify_one();
         Ok(())
+    }
+
+    /// Waits until `len` more bytes fit (or the buffer is empty), for senders that should
+    /// slow down with their client rather than overflow it (ASP.NET's pipe back-pressure).
+    pub async fn wait_for_space(&self, len: usize) -> Result<(), SendError> {
+        loop {
+            let notified = self.space.notified();
+            {
+                let st = self.lock();
+                if st.closed.is_some() {
+                    return Err(SendError::Closed);
+                }
+                if st.frames.is_empty() || st.bytes + len <= self.limit {
+                    return Ok(());
+                }
+            }
+            notified.await;
+        }
     }
 
     /// Queues one frame even past the byte limit (Close messages, handshake answers).
@@ -221,6 +242,8 @@ impl Outbound {
             out.push(make_frame(b, buf.freeze()));
         }
         st.bytes -= taken;
+        drop(st);
+        self.space.notify_waiters();
         Some(Batch::Frames(out))
     }
 
@@ -349,10 +372,9 @@ pub trait ConnectionHandler: Send + Sync + 'static {
     /// Runs one connection until it ends; the connection closes when the future completes.
     fn on_connected(&self, io: ConnectionIo) -> BoxFuture<()>;
 
-    /// The transfer formats the handler needs; SSE (text only) is refused to a connection
-    /// that has said it needs binary. Defaults to both.
-    fn needs_binary(&self) -> bool {
-        false
+    /// Whether new connections are accepted; false while draining (negotiate answers 503).
+    fn accepting(&self) -> bool {
+        true
     }
 }
 
