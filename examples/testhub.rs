@@ -624,10 +624,11 @@ async fn main() -> std::io::Result<()> {
             _ = tokio::signal::ctrl_c() => {}
         }
     };
-    axum::serve(
+    // tidings::server: hyper with a header-read timeout (slowloris), limits and a bounded drain.
+    tidings::server::serve(
         listener,
-        axum::ServiceExt::<Request>::into_make_service(app),
+        tidings::server::map_request_body(app, axum::body::Body::new),
+        shutdown,
     )
-    .with_graceful_shutdown(shutdown)
     .await
 }

@@ -45,8 +45,14 @@ pub(crate) async fn run(hub: Arc<HubShared>, mut io: ConnectionIo) {
 
     // 1. The handshake, within the handshake timeout.
     let deadline = Instant::now() + options.handshake_timeout;
+    // The splitter remembers how far it searched: a handshake dribbled byte by byte is linear.
+    let mut splitter = crate::protocol::json::RecordSplitter::new();
     let request = loop {
-        match handshake::parse_request(&mut buf, options.maximum_receive_message_size) {
+        match handshake::parse_request_with(
+            &mut splitter,
+            &mut buf,
+            options.maximum_receive_message_size,
+        ) {
             Ok(Some(r)) => break r,
             Ok(None) => {}
             Err(_) => {
@@ -185,6 +191,9 @@ struct LoopState {
     finished_rx: mpsc::UnboundedReceiver<String>,
     cursor: InboundCursor,
     stateful: bool,
+    /// Remembers how far the buffer was searched, so a message dribbled in many frames is
+    /// parsed in linear time.
+    parser: crate::protocol::MessageParser,
 }
 
 impl LoopState {
@@ -207,6 +216,7 @@ impl LoopState {
             finished_rx,
             cursor: InboundCursor::new(),
             stateful,
+            parser: crate::protocol::MessageParser::new(protocol),
         }
     }
 
@@ -277,7 +287,7 @@ impl LoopState {
     async fn drain(&mut self, buf: &mut BytesMut, client_pinged: &mut bool) -> Option<Ending> {
         loop {
             let max = self.hub.options.maximum_receive_message_size;
-            match self.protocol.parse_message(buf, max) {
+            match self.parser.parse(buf, max) {
                 Ok(Some(msg)) => {
                     self.hub.stats.message_in();
                     if matches!(msg, HubMessage::Ping) {

@@ -180,25 +180,26 @@ async fn main() -> std::io::Result<()> {
     println!("listening on http://{addr}");
     tracing::info!(%addr, backplane = backplane_name(), "tidings is serving");
 
-    let contexts: Vec<_> = hubs.iter().map(|h| h.hub.context()).collect();
-    let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
+    let draining = hubs.clone();
     let graceful = async move {
         shutdown_signal().await;
-        tracing::info!("stopping: closing every connection with allowReconnect");
-        for ctx in &contexts {
-            ctx.close_all(true);
+        tracing::info!("stopping: draining every hub (Close with allowReconnect, 5 s at most)");
+        let drains = draining.iter().map(|h| h.hub.drain(Duration::from_secs(5)));
+        let left: usize = futures_util::future::join_all(drains)
+            .await
+            .into_iter()
+            .sum();
+        if left > 0 {
+            tracing::warn!(left, "connections still open after the drain deadline");
         }
-        let _ = stopping_tx.send(());
     };
-    let server = axum::serve(listener, app).with_graceful_shutdown(graceful);
-    // Held SSE and long-polling responses can stall a graceful stop: give it 5 s.
-    let deadline = async {
-        let _ = stopping_rx.await;
-        tokio::time::sleep(Duration::from_secs(5)).await;
-    };
-    tokio::select! {
-        result = server => result?,
-        () = deadline => tracing::warn!("graceful stop took longer than 5 s; exiting"),
-    }
+    // tidings::server: hyper with a header-read timeout (slowloris), limits and a bounded
+    // graceful stop (held SSE and long-polling responses cannot stall it).
+    tidings::server::serve(
+        listener,
+        tidings::server::map_request_body(app, axum::body::Body::new),
+        graceful,
+    )
+    .await?;
     Ok(())
 }
