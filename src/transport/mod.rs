@@ -247,6 +247,44 @@ impl Outbound {
         Some(Batch::Frames(out))
     }
 
+    /// Takes the queued frames as they are (not merged), up to `max_bytes` (at least one
+    /// frame), or `None` when there is none: for a transport that frames them itself.
+    pub fn try_batch_unmerged(&self, max_bytes: usize) -> Option<Batch> {
+        let mut st = self.lock();
+        if st.frames.is_empty() {
+            return st.closed.map(Batch::Closed);
+        }
+        let mut taken = 0;
+        let mut n = 0;
+        for f in &st.frames {
+            let len = f.data().len();
+            if n > 0 && taken + len > max_bytes {
+                break;
+            }
+            taken += len;
+            n += 1;
+        }
+        let out: Vec<Frame> = if n == st.frames.len() {
+            // Hand the whole queue over; the buffer starts empty again (no capacity kept).
+            std::mem::take(&mut st.frames).into()
+        } else {
+            st.frames.drain(..n).collect()
+        };
+        st.bytes -= taken;
+        Some(Batch::Frames(out))
+    }
+
+    /// [`Outbound::next_batch`] without merging (see [`Outbound::try_batch_unmerged`]).
+    pub async fn next_batch_unmerged(&self, max_bytes: usize) -> Batch {
+        loop {
+            let notified = self.notify.notified();
+            if let Some(batch) = self.try_batch_unmerged(max_bytes) {
+                return batch;
+            }
+            notified.await;
+        }
+    }
+
     /// Waits for the next batch of frames (or the close).
     pub async fn next_batch(&self, max_bytes: usize) -> Batch {
         loop {
@@ -444,6 +482,29 @@ mod tests {
         };
         assert_eq!(frames[0].data().len(), 30);
         assert_eq!(out.queued_bytes(), 70);
+    }
+
+    #[test]
+    fn unmerged_batches_keep_frames_and_respect_the_budget() {
+        let out = Outbound::new(1 << 20);
+        for b in [&b"ab"[..], b"cd", b"ef"] {
+            out.push(Frame::Text(Bytes::copy_from_slice(b))).unwrap();
+        }
+        let Some(Batch::Frames(first)) = out.try_batch_unmerged(4) else {
+            panic!()
+        };
+        assert_eq!(first.len(), 2);
+        assert_eq!(out.queued_bytes(), 2);
+        let Some(Batch::Frames(rest)) = out.try_batch_unmerged(1) else {
+            panic!()
+        };
+        assert_eq!(rest, vec![Frame::Text(Bytes::from_static(b"ef"))]);
+        assert!(out.try_batch_unmerged(1).is_none());
+        out.close(CloseKind::Normal);
+        assert!(matches!(
+            out.try_batch_unmerged(1),
+            Some(Batch::Closed(CloseKind::Normal))
+        ));
     }
 
     #[test]
