@@ -75,6 +75,8 @@ struct OutboundState {
     bytes: usize,
     closed: Option<CloseKind>,
     high_water: usize,
+    /// A wake-up of the writer is scheduled and it has not taken the frames yet.
+    wake_pending: bool,
 }
 
 /// A connection's outbound buffer: frames queued by any task, written by the transport.
@@ -84,10 +86,14 @@ struct OutboundState {
 /// fan-out to thousands of connections cheap. It is bounded in bytes; a push that would exceed
 /// the bound fails with [`SendError::Full`] instead of waiting, so one slow reader can never
 /// stall a broadcast to everyone else.
+///
+/// Inside a tokio runtime, the writer is woken at the end of the current round of work
+/// rather than at once (see [`flush`]): the frames of a burst of broadcasts then reach each
+/// connection in one write, as uWebSockets' corking does.
 #[derive(Debug)]
 pub struct Outbound {
     state: Mutex<OutboundState>,
-    notify: Notify,
+    notify: Arc<Notify>,
     /// Signalled whenever the transport takes frames out (room for waiting senders).
     space: Notify,
     limit: usize,
@@ -111,8 +117,9 @@ impl Outbound {
                 bytes: 0,
                 closed: None,
                 high_water: 0,
+                wake_pending: false,
             }),
-            notify: Notify::new(),
+            notify: Arc::new(Notify::new()),
             space: Notify::new(),
             limit,
         }
@@ -128,7 +135,7 @@ impl Outbound {
 
     /// Queues one frame.
     pub fn push(&self, frame: Frame) -> Result<(), SendError> {
-        {
+        let wake = {
             let mut st = self.lock();
             if st.closed.is_some() {
                 return Err(SendError::Closed);
@@ -140,8 +147,11 @@ impl Outbound {
             st.bytes += len;
             st.high_water = st.high_water.max(st.bytes);
             st.frames.push_back(frame);
+            !std::mem::replace(&mut st.wake_pending, true)
+        };
+        if wake {
+            flush::defer(&self.notify);
         }
-        self.notify.notify_one();
         Ok(())
     }
 
@@ -165,15 +175,18 @@ impl Outbound {
 
     /// Queues one frame even past the byte limit (Close messages, handshake answers).
     pub fn push_unbounded(&self, frame: Frame) -> Result<(), SendError> {
-        {
+        let wake = {
             let mut st = self.lock();
             if st.closed.is_some() {
                 return Err(SendError::Closed);
             }
             st.bytes += frame.data().len();
             st.frames.push_back(frame);
+            !std::mem::replace(&mut st.wake_pending, true)
+        };
+        if wake {
+            flush::defer(&self.notify);
         }
-        self.notify.notify_one();
         Ok(())
     }
 
@@ -207,6 +220,7 @@ impl Outbound {
     /// Takes every queued frame at once, merged, or `None` when there is none.
     pub fn try_batch(&self, max_bytes: usize) -> Option<Batch> {
         let mut st = self.lock();
+        st.wake_pending = false;
         if st.frames.is_empty() {
             return st.closed.map(Batch::Closed);
         }
@@ -251,6 +265,7 @@ impl Outbound {
     /// frame), or `None` when there is none: for a transport that frames them itself.
     pub fn try_batch_unmerged(&self, max_bytes: usize) -> Option<Batch> {
         let mut st = self.lock();
+        st.wake_pending = false;
         if st.frames.is_empty() {
             return st.closed.map(Batch::Closed);
         }
@@ -271,6 +286,8 @@ impl Outbound {
             st.frames.drain(..n).collect()
         };
         st.bytes -= taken;
+        drop(st);
+        self.space.notify_waiters();
         Some(Batch::Frames(out))
     }
 
@@ -309,6 +326,81 @@ impl Outbound {
             }
         }
         self.notify.notify_one();
+    }
+}
+
+/// Wake-ups deferred to the end of the current round of work.
+///
+/// A push wakes the writer of its connection through [`defer`]: inside a tokio runtime the
+/// wake-up is queued on this thread's list, and one flusher task (spawned when the list goes
+/// from empty to non-empty) yields once, which tokio defers until the tasks that are runnable
+/// now have run and the IO driver has been polled, then wakes every queued writer. A burst of
+/// broadcasts handled in one round (a publisher's pipelined invocations) then leaves each
+/// connection with all of its frames before its writer runs: one write per connection instead
+/// of one per message. Outside a runtime the wake-up is immediate.
+mod flush {
+    use std::cell::RefCell;
+    use std::sync::{Arc, Mutex};
+
+    use tokio::sync::Notify;
+
+    #[derive(Default)]
+    struct Pending {
+        wakers: Vec<Arc<Notify>>,
+        armed: bool,
+    }
+
+    type List = Arc<Mutex<Pending>>;
+
+    thread_local! {
+        static LOCAL: RefCell<Option<List>> = const { RefCell::new(None) };
+    }
+
+    fn lock(list: &List) -> std::sync::MutexGuard<'_, Pending> {
+        list.lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Wakes `notify` once the work runnable now has run.
+    pub(super) fn defer(notify: &Arc<Notify>) {
+        let Ok(handle) = tokio::runtime::Handle::try_current() else {
+            notify.notify_one();
+            return;
+        };
+        let queued = LOCAL.try_with(|local| {
+            let list = local.borrow_mut().get_or_insert_with(List::default).clone();
+            let arm = {
+                let mut p = lock(&list);
+                p.wakers.push(notify.clone());
+                !std::mem::replace(&mut p.armed, true)
+            };
+            if arm {
+                let flusher = Flusher(list);
+                handle.spawn(async move {
+                    tokio::task::yield_now().await;
+                    drop(flusher);
+                });
+            }
+        });
+        if queued.is_err() {
+            notify.notify_one();
+        }
+    }
+
+    /// Wakes the list when dropped: after its yield, or if the runtime drops the task unrun.
+    struct Flusher(List);
+
+    impl Drop for Flusher {
+        fn drop(&mut self) {
+            let wakers = {
+                let mut p = lock(&self.0);
+                p.armed = false;
+                std::mem::take(&mut p.wakers)
+            };
+            for w in wakers {
+                w.notify_one();
+            }
+        }
     }
 }
 

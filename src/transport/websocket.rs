@@ -240,7 +240,8 @@ impl FrameReader {
                 OP_PING => return Ok(Some(Incoming::Ping(payload.freeze()))),
                 OP_PONG => return Ok(Some(Incoming::Pong)),
                 OP_CLOSE => {
-                    let code = (payload.len() >= 2).then(|| u16::from_be_bytes([payload[0], payload[1]]));
+                    let code =
+                        (payload.len() >= 2).then(|| u16::from_be_bytes([payload[0], payload[1]]));
                     return Ok(Some(Incoming::Close(code)));
                 }
                 _ => return Err(ReadError::Protocol),
@@ -360,9 +361,8 @@ pub(crate) async fn serve<IO>(
         match event {
             Event::Replaced => break End::Replaced,
             Event::Batch(Batch::Frames(frames)) => {
-                let mut out = Vec::with_capacity(
-                    frames.iter().map(|f| f.data().len() + 10).sum::<usize>(),
-                );
+                let mut out =
+                    Vec::with_capacity(frames.iter().map(|f| f.data().len() + 10).sum::<usize>());
                 encode_batch(&frames, &mut out);
                 drop(frames);
                 if !write_within(&mut io, &out, send_timeout).await {
@@ -595,7 +595,11 @@ mod tests {
         let data: Vec<u8> = (0..37u8).collect();
         let mut fast = data.clone();
         unmask(&mut fast, key);
-        let slow: Vec<u8> = data.iter().enumerate().map(|(i, b)| b ^ key[i % 4]).collect();
+        let slow: Vec<u8> = data
+            .iter()
+            .enumerate()
+            .map(|(i, b)| b ^ key[i % 4])
+            .collect();
         assert_eq!(fast, slow);
     }
 }
