@@ -6,7 +6,7 @@
 //!
 //! Phases run in order, each printing one JSON line:
 //! - `connect:N`: open N WebSocket subscribers, 64 handshakes at a time; connections/s, then
-//!   server memory per connection (RSS delta and Pss) after 1.5 s;
+//!   server memory per connection (RSS delta and Pss) after 1 s;
 //! - `sse:N` / `lp:N`: the same subscribers over Server-Sent Events / long polling (SignalR);
 //! - `fanout:W:SIZE:SECS`: broadcasts from one extra (not subscribed) connection, W in flight;
 //! - `fanlat:SECS`: one 20 B broadcast at a time: completion and per-copy latency;
@@ -32,7 +32,7 @@ const CONCURRENCY: usize = 64;
 /// Source addresses 127.0.0.{base..base+SRCS}.
 const SRCS: u32 = 8;
 /// Warm-up before each measured window.
-const WARMUP: Duration = Duration::from_millis(400);
+const WARMUP: Duration = Duration::from_millis(300);
 
 #[derive(Clone)]
 pub struct Target {
@@ -392,27 +392,47 @@ async fn connect_lp(sh: Rc<Shared>, t: &Target) -> std::io::Result<JoinHandle<()
     let token = negotiate(&s, t, &mut buf).await?;
     let path = format!("{}?id={token}", t.path);
     let get = format!("GET {path} HTTP/1.1\r\nHost: {}\r\n\r\n", t.host()).into_bytes();
-    // The first poll starts the transport; then the handshake goes by POST.
+    // The first poll starts the transport and answers at once (as the stock client expects);
+    // then the handshake goes by POST and its answer comes on a poll.
+    // (aiosignalr holds the first poll instead: then the POST goes on a second connection.)
     write_all(&s, &get).await?;
-    let ctl = tcp(&sh, t.addr).await?;
-    let mut cbuf = Vec::new();
-    write_all(&ctl, &post(&path, &t.host(), JSON_HANDSHAKE)).await?;
-    let (status, _) = http_response(&ctl, &mut cbuf).await?;
-    if status != 200 {
-        return Err(io_err("handshake POST failed"));
-    }
-    drop(ctl);
-    // Wait for the handshake answer on the poll(s).
-    let mut seen = false;
+    let first = tokio::time::timeout(Duration::from_millis(300), http_response(&s, &mut buf)).await;
+    let mut seen = match first {
+        Ok(answer) => {
+            let (status, body) = answer?;
+            if status != 200 {
+                return Err(io_err("first poll failed"));
+            }
+            write_all(&s, &post(&path, &t.host(), JSON_HANDSHAKE)).await?;
+            let (status, _) = http_response(&s, &mut buf).await?;
+            if status != 200 {
+                return Err(io_err(&format!("handshake POST answered {status}")));
+            }
+            body.contains(&0x1e)
+        }
+        Err(_) => {
+            let ctl = tcp(&sh, t.addr).await?;
+            let mut cbuf = Vec::new();
+            write_all(&ctl, &post(&path, &t.host(), JSON_HANDSHAKE)).await?;
+            let (status, _) = http_response(&ctl, &mut cbuf).await?;
+            if status != 200 {
+                return Err(io_err(&format!("handshake POST answered {status}")));
+            }
+            // The held poll answers with the handshake response.
+            let (status, body) = http_response(&s, &mut buf).await?;
+            if status != 200 {
+                return Err(io_err("poll failed"));
+            }
+            body.contains(&0x1e)
+        }
+    };
     while !seen {
+        write_all(&s, &get).await?;
         let (status, body) = http_response(&s, &mut buf).await?;
         if status != 200 {
             return Err(io_err("poll failed"));
         }
         seen = body.contains(&0x1e);
-        if !seen {
-            write_all(&s, &get).await?;
-        }
     }
     Ok(spawn_local(async move {
         let mut counter = Counter::default();
@@ -482,7 +502,16 @@ where
                 next.set(i + 1);
                 match tokio::time::timeout(Duration::from_secs(10), open()).await {
                     Ok(Ok(c)) => out.borrow_mut().push(c),
-                    _ => errors.set(errors.get() + 1),
+                    other => {
+                        if errors.get() == 0 {
+                            let why = match other {
+                                Ok(Err(e)) => e.to_string(),
+                                _ => "timed out".to_owned(),
+                            };
+                            eprintln!("connect error (first of this phase): {why}");
+                        }
+                        errors.set(errors.get() + 1);
+                    }
                 }
             }
         }));
@@ -624,7 +653,7 @@ impl Session {
                 Some(mid.cpu_us.saturating_sub(before.cpu_us) as f64 / opened as f64);
         }
         // Idle memory: settle, then the delta against the server before connecting.
-        tokio::time::sleep(Duration::from_millis(1500)).await;
+        tokio::time::sleep(Duration::from_millis(1000)).await;
         let after = sample(self.pid);
         if self.pid.is_some() && opened > 0 {
             r.rss_per_conn = Some((after.rss as f64 - before.rss as f64) / opened as f64);

@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 
 /// A server under test.
 struct Server {
-    name: &'static str,
+    name: String,
     kind: &'static str,
     path: &'static str,
     cmd: Vec<String>,
@@ -31,7 +31,7 @@ fn servers(root: &Path, bin: &Path) -> Vec<Server> {
     let py = root.join("bench/peers/python/.venv/bin/python");
     vec![
         Server {
-            name: "tidings",
+            name: "tidings".into(),
             kind: "signalr",
             path: "/bench",
             cmd: vec![
@@ -43,7 +43,7 @@ fn servers(root: &Path, bin: &Path) -> Vec<Server> {
             why_missing: "cargo build --release --example benchhub",
         },
         Server {
-            name: "floor",
+            name: "floor".into(),
             kind: "raw",
             path: "/",
             cmd: vec![s(&bin.join("floor"))],
@@ -51,7 +51,7 @@ fn servers(root: &Path, bin: &Path) -> Vec<Server> {
             why_missing: "bench crate not built",
         },
         Server {
-            name: "bun",
+            name: "bun".into(),
             kind: "raw",
             path: "/",
             cmd: vec![s(&bun), s(&node_dir.join("bun-server.js"))],
@@ -59,7 +59,7 @@ fn servers(root: &Path, bin: &Path) -> Vec<Server> {
             why_missing: "npm ci in bench/peers/node failed (bun)",
         },
         Server {
-            name: "ws",
+            name: "ws".into(),
             kind: "raw",
             path: "/",
             cmd: vec!["node".into(), s(&node_dir.join("ws-server.js"))],
@@ -67,7 +67,7 @@ fn servers(root: &Path, bin: &Path) -> Vec<Server> {
             why_missing: "npm ci in bench/peers/node failed (ws)",
         },
         Server {
-            name: "socketio",
+            name: "socketio".into(),
             kind: "sio",
             path: "/",
             cmd: vec!["node".into(), s(&node_dir.join("sio-server.js"))],
@@ -75,7 +75,7 @@ fn servers(root: &Path, bin: &Path) -> Vec<Server> {
             why_missing: "npm ci in bench/peers/node failed (socket.io)",
         },
         Server {
-            name: "socketioxide",
+            name: "socketioxide".into(),
             kind: "sio",
             path: "/",
             cmd: vec![s(&bin.join("sox"))],
@@ -83,7 +83,7 @@ fn servers(root: &Path, bin: &Path) -> Vec<Server> {
             why_missing: "bench crate not built",
         },
         Server {
-            name: "aiosignalr",
+            name: "aiosignalr".into(),
             kind: "signalr",
             path: "/hub",
             cmd: vec![s(&py), s(&root.join("bench/peers/python/aios_server.py"))],
@@ -105,13 +105,13 @@ fn ph(name: &str, spec: &str) -> (String, String) {
 }
 
 /// The plan for one server. `big` is the subscriber count of the main fan-out.
-fn plan(server: &str, quick: bool) -> Vec<Session> {
+fn plan(server: &str, quick: bool, rep: usize) -> Vec<Session> {
     let (big, mid, secs) = if quick {
         (1000, 200, "0.5")
     } else {
-        (10_000, 1000, "1.5")
+        (10_000, 1000, "1")
     };
-    let short = if quick { "0.3" } else { "1" };
+    let short = if quick { "0.3" } else { "0.6" };
     let subs = if server == "aiosignalr" { mid } else { big };
     let tag = |n: usize| {
         if n >= 1000 {
@@ -143,7 +143,8 @@ fn plan(server: &str, quick: bool) -> Vec<Session> {
         ),
         ph("pipe-100x16", &format!("pipe:100:16:{short}")),
     ];
-    if server == "aiosignalr" || server == "tidings" {
+    let signalr_transports = server == "aiosignalr" || server.starts_with("tidings");
+    if signalr_transports {
         // The SignalR-only transports, against the same server.
         main.extend([
             ph("close", "close"),
@@ -173,7 +174,7 @@ fn plan(server: &str, quick: bool) -> Vec<Session> {
             phases: vec![ph("echo-1-samecore", &format!("echo:1:{short}"))],
         },
     ];
-    if server == "tidings" {
+    if server.starts_with("tidings") {
         let max = if quick { 2000 } else { 19_900 };
         sessions.push(Session {
             proto: "msgpack",
@@ -203,7 +204,8 @@ fn plan(server: &str, quick: bool) -> Vec<Session> {
             ],
         });
     }
-    if server == "floor" || server == "bun" {
+    // The raw floors at 19 900 once (first repetition only: the run must fit in 10 minutes).
+    if (server == "floor" || server == "bun") && rep == 0 {
         let max = if quick { 2000 } else { 19_900 };
         sessions.push(Session {
             proto: "json",
@@ -226,8 +228,8 @@ fn start(server: &Server, port: u16, log: &Path) -> Result<Running, String> {
     let mut cmd = Command::new("taskset");
     cmd.arg("-c").arg("0");
     cmd.args(&server.cmd);
-    match server.name {
-        "tidings" | "floor" | "socketioxide" => {
+    match server.name.as_str() {
+        n if n.starts_with("tidings") || n == "floor" || n == "socketioxide" => {
             cmd.arg("--listen").arg(format!("127.0.0.1:{port}"));
         }
         _ => {
@@ -566,7 +568,13 @@ fn markdown(
     md.push_str("| phase | proto | server | rate | cpu µs/msg | p50 µs | p99 µs | p99.9 µs | mem B/conn | Pss B/conn | tidings ÷ this | errors |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n");
     for (phase, proto) in &phases {
         let (metric, more) = headline(phase);
-        for server in ORDER {
+        let mut names: Vec<String> = ORDER.iter().map(|s| s.to_string()).collect();
+        for (_, _, srv) in summary.keys() {
+            if !names.contains(srv) {
+                names.insert(1, srv.clone());
+            }
+        }
+        for server in names.iter().map(String::as_str) {
             let Some(m) = summary.get(&(phase.clone(), proto.clone(), server.to_owned())) else {
                 continue;
             };
@@ -621,6 +629,7 @@ pub fn main(args: &[String]) -> std::io::Result<()> {
     let mut reps = 5usize;
     let mut quick = false;
     let mut only: Option<Vec<String>> = None;
+    let mut extra: Vec<(String, PathBuf)> = Vec::new();
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
@@ -629,27 +638,47 @@ pub fn main(args: &[String]) -> std::io::Result<()> {
             "--reps" => reps = it.next().and_then(|v| v.parse().ok()).unwrap_or(reps),
             "--quick" => quick = true,
             "--only" => only = it.next().map(|v| v.split(',').map(str::to_owned).collect()),
+            "--extra" => {
+                // NAME=PATH: another build of the tidings server, run like tidings (A/B).
+                if let Some((n, p)) = it.next().and_then(|v| v.split_once('=')) {
+                    extra.push((n.to_owned(), PathBuf::from(p)));
+                }
+            }
             other => eprintln!("ignoring {other}"),
         }
     }
     std::fs::create_dir_all(&out)?;
     let bin = root.join("target/release");
     let me = std::env::current_exe()?;
-    let all = servers(&root, &bin);
+    let mut all = servers(&root, &bin);
+    for (name, path) in extra {
+        all.insert(
+            1,
+            Server {
+                name,
+                kind: "signalr",
+                path: "/bench",
+                cmd: vec![
+                    path.to_string_lossy().into_owned(),
+                    "--workers".into(),
+                    "1".into(),
+                ],
+                needs: path,
+                why_missing: "--extra binary not found",
+            },
+        );
+    }
     let mut unavailable = Vec::new();
     let mut active = Vec::new();
     for s in all {
-        if only
-            .as_ref()
-            .is_some_and(|o| !o.iter().any(|n| n == s.name))
-        {
+        if only.as_ref().is_some_and(|o| !o.contains(&s.name)) {
             continue;
         }
         if s.needs.exists() {
             active.push(s);
         } else {
             eprintln!("{}: unavailable ({})", s.name, s.why_missing);
-            unavailable.push((s.name.to_owned(), s.why_missing.to_owned()));
+            unavailable.push((s.name.clone(), s.why_missing.to_owned()));
         }
     }
     let started = Instant::now();
@@ -665,15 +694,15 @@ pub fn main(args: &[String]) -> std::io::Result<()> {
         let n = active.len();
         for i in 0..n {
             let server = &active[(i + rep) % n];
-            for session in plan(server.name, quick) {
+            for session in plan(&server.name, quick, rep) {
                 port += 1;
                 src_base = (src_base + 8) % 248;
                 let running = match start(server, port, &log) {
                     Ok(r) => r,
                     Err(e) => {
                         eprintln!("{e}");
-                        if !unavailable.iter().any(|(n, _)| n == server.name) {
-                            unavailable.push((server.name.to_owned(), e));
+                        if !unavailable.iter().any(|(n, _)| *n == server.name) {
+                            unavailable.push((server.name.clone(), e));
                         }
                         continue;
                     }
@@ -690,7 +719,7 @@ pub fn main(args: &[String]) -> std::io::Result<()> {
                     .args(["--path", server.path])
                     .args(["--server-pid", &running.pid.to_string()])
                     .args(["--src-base", &src_base.to_string()])
-                    .args(["--label", server.name]);
+                    .args(["--label", &server.name]);
                 for (name, spec) in &session.phases {
                     cmd.arg(format!("{name}={spec}"));
                 }
@@ -716,7 +745,7 @@ pub fn main(args: &[String]) -> std::io::Result<()> {
                         continue;
                     };
                     let row = Row {
-                        server: server.name.to_owned(),
+                        server: server.name.clone(),
                         proto: session.proto.to_owned(),
                         rep: rep + 1,
                         loadavg: load.clone(),

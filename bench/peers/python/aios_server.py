@@ -10,7 +10,7 @@ from aiosignalr.server import Hub, SignalRServer
 
 
 class BenchHub(Hub):
-    async def echo(self, x):
+    async def echo(self, x: str) -> str:
         return x
 
     async def send(self, x):
