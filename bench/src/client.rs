@@ -6,7 +6,7 @@
 //!
 //! Phases run in order, each printing one JSON line:
 //! - `connect:N`: open N WebSocket subscribers, 64 handshakes at a time; connections/s, then
-//!   server memory per connection (RSS delta and Pss) after 1 s;
+//!   server memory per connection (RSS delta and Pss) after 0.8 s;
 //! - `sse:N` / `lp:N`: the same subscribers over Server-Sent Events / long polling (SignalR);
 //! - `fanout:W:SIZE:SECS`: broadcasts from one extra (not subscribed) connection, W in flight;
 //! - `fanlat:SECS`: one 20 B broadcast at a time: completion and per-copy latency;
@@ -32,7 +32,7 @@ const CONCURRENCY: usize = 64;
 /// Source addresses 127.0.0.{base..base+SRCS}.
 const SRCS: u32 = 8;
 /// Warm-up before each measured window.
-const WARMUP: Duration = Duration::from_millis(300);
+const WARMUP: Duration = Duration::from_millis(250);
 
 #[derive(Clone)]
 pub struct Target {
@@ -56,6 +56,10 @@ impl Target {
 
 /// State every task of the process shares (one thread: cells, no locks).
 struct Shared {
+    /// The marker deliveries of the current phase carry.
+    marker: Cell<[u8; 4]>,
+    /// The tag of the last phase (each phase takes the next one).
+    tag: Cell<u8>,
     received: Cell<u64>,
     /// The publisher wants a wake-up once `received` reaches this.
     wake_at: Cell<u64>,
@@ -85,6 +89,18 @@ impl Shared {
         if self.received.get() >= self.wake_at.get() {
             self.notify.notify_one();
         }
+    }
+
+    /// A fresh marker for a new phase; returns its tag.
+    fn next_tag(&self) -> u8 {
+        let t = if self.tag.get() >= b'Z' {
+            b'A'
+        } else {
+            self.tag.get() + 1
+        };
+        self.tag.set(t);
+        self.marker.set(wire::marker(t));
+        t
     }
 
     fn next_src(&self) -> Ipv4Addr {
@@ -441,7 +457,7 @@ async fn connect_lp(sh: Rc<Shared>, t: &Target) -> std::io::Result<JoinHandle<()
                 break;
             }
             match http_response(&s, &mut buf).await {
-                Ok((200, body)) => sh.add(counter.count(&body)),
+                Ok((200, body)) => sh.add(counter.count(&body, &sh.marker.get())),
                 _ => break,
             }
             if sh.stop.get() {
@@ -464,7 +480,7 @@ fn spawn_reader(sh: Rc<Shared>, s: TcpStream, counted: bool) -> JoinHandle<()> {
                 let mut b = sh.buf.borrow_mut();
                 match s.try_read(&mut b[..]) {
                     Ok(0) => break,
-                    Ok(n) => counter.count(&b[..n]),
+                    Ok(n) => counter.count(&b[..n], &sh.marker.get()),
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
                     Err(_) => break,
                 }
@@ -653,7 +669,7 @@ impl Session {
                 Some(mid.cpu_us.saturating_sub(before.cpu_us) as f64 / opened as f64);
         }
         // Idle memory: settle, then the delta against the server before connecting.
-        tokio::time::sleep(Duration::from_millis(1000)).await;
+        tokio::time::sleep(Duration::from_millis(800)).await;
         let after = sample(self.pid);
         if self.pid.is_some() && opened > 0 {
             r.rss_per_conn = Some((after.rss as f64 - before.rss as f64) / opened as f64);
@@ -719,7 +735,7 @@ impl Session {
             self.t.kind,
             self.t.proto,
             Op::Broadcast,
-            &wire::payload(size),
+            &wire::payload(size, self.sh.next_tag()),
         );
         let batch = frame.repeat(w as usize);
         let sh = self.sh.clone();
@@ -769,7 +785,7 @@ impl Session {
         // Drain what is still in flight so that the next phase starts clean.
         let target = base + sent * self.live_subs();
         let _ = self
-            .wait_received(target, Instant::now() + Duration::from_secs(3))
+            .wait_received(target, Instant::now() + Duration::from_secs(2))
             .await;
         r.errors += self.sh.dropped.get();
         r
@@ -787,7 +803,13 @@ impl Session {
             r.errors = 1;
             return r;
         }
-        let frame = wire::message(self.t.kind, self.t.proto, Op::Broadcast, &wire::payload(20));
+        let tag = self.sh.next_tag();
+        let frame = wire::message(
+            self.t.kind,
+            self.t.proto,
+            Op::Broadcast,
+            &wire::payload(20, tag),
+        );
         let sh = self.sh.clone();
         let mut completion = hist();
         *sh.copy_hist.borrow_mut() = hist();
@@ -851,7 +873,7 @@ impl Session {
             self.t.kind,
             self.t.proto,
             op,
-            &wire::payload(20),
+            &wire::payload(20, self.sh.next_tag()),
         ));
         let lat = Rc::new(RefCell::new(hist()));
         let done = Rc::new(Cell::new(0u64));
@@ -877,7 +899,7 @@ impl Session {
                         let mut b = sh.buf.borrow_mut();
                         match s.try_read(&mut b[..]) {
                             Ok(0) => return,
-                            Ok(n) => counter.count(&b[..n]),
+                            Ok(n) => counter.count(&b[..n], &sh.marker.get()),
                             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
                             Err(_) => return,
                         }
@@ -982,6 +1004,8 @@ pub fn main(args: &[String]) -> std::io::Result<()> {
     let local = LocalSet::new();
     local.block_on(&rt, async move {
         let sh = Rc::new(Shared {
+            marker: Cell::new(wire::marker(b'A')),
+            tag: Cell::new(b'A'),
             received: Cell::new(0),
             wake_at: Cell::new(u64::MAX),
             notify: Notify::new(),

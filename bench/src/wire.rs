@@ -4,8 +4,15 @@
 
 use memchr::memmem;
 
-/// Every payload starts with this; each occurrence in received bytes is one delivery.
-pub const MARKER: &[u8] = b"#@!~";
+/// Every payload starts with a 4-byte marker: this prefix and a tag byte that changes from
+/// phase to phase (so that late deliveries of one phase never count in the next). Each
+/// occurrence in received bytes is one delivery.
+pub const MARKER_PREFIX: &[u8] = b"#@!";
+
+/// The marker of phase tag `tag`.
+pub fn marker(tag: u8) -> [u8; 4] {
+    [MARKER_PREFIX[0], MARKER_PREFIX[1], MARKER_PREFIX[2], tag]
+}
 
 /// Which protocol family a server speaks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -47,10 +54,10 @@ pub enum Op {
     Broadcast,
 }
 
-/// `size` bytes of payload text: the marker, then filler.
-pub fn payload(size: usize) -> String {
-    let mut s = String::from_utf8(MARKER.to_vec()).expect("ascii");
-    while s.len() < size.max(MARKER.len()) {
+/// `size` bytes of payload text: the marker of `tag`, then filler.
+pub fn payload(size: usize, tag: u8) -> String {
+    let mut s = String::from_utf8(marker(tag).to_vec()).expect("ascii");
+    while s.len() < size.max(4) {
         s.push('x');
     }
     s
@@ -174,7 +181,7 @@ pub fn upgrade_request(host: &str, path: &str) -> Vec<u8> {
     .into_bytes()
 }
 
-/// Counts [`MARKER`] occurrences in a byte stream read in pieces.
+/// Counts occurrences of a [`marker`] in a byte stream read in pieces.
 #[derive(Default, Clone, Copy)]
 pub struct Counter {
     tail: [u8; 3],
@@ -182,8 +189,8 @@ pub struct Counter {
 }
 
 impl Counter {
-    pub fn count(&mut self, data: &[u8]) -> u64 {
-        let finder = memmem::Finder::new(MARKER);
+    pub fn count(&mut self, data: &[u8], marker: &[u8; 4]) -> u64 {
+        let finder = memmem::Finder::new(marker);
         let mut n = 0u64;
         let t = self.tail_len as usize;
         if t > 0 {
@@ -221,9 +228,10 @@ mod tests {
         for split in 0..stream.len() {
             for split2 in split..stream.len() {
                 let mut c = Counter::default();
-                let n = c.count(&stream[..split])
-                    + c.count(&stream[split..split2])
-                    + c.count(&stream[split2..]);
+                let m = marker(b'~');
+                let n = c.count(&stream[..split], &m)
+                    + c.count(&stream[split..split2], &m)
+                    + c.count(&stream[split2..], &m);
                 assert_eq!(n, 4, "{split} {split2}");
             }
         }
@@ -233,7 +241,7 @@ mod tests {
     fn frames_have_expected_lengths() {
         assert_eq!(ws_frame(1, b"abc").len(), 2 + 4 + 3);
         assert_eq!(ws_frame(1, &[0; 200]).len(), 4 + 4 + 200);
-        let p = payload(20);
+        let p = payload(20, b'~');
         assert_eq!(p.len(), 20);
         assert!(p.starts_with("#@!~"));
         let m = message(Kind::SignalR, Proto::MsgPack, Op::Echo, &p);
