@@ -516,7 +516,7 @@ where
                     break;
                 }
                 next.set(i + 1);
-                match tokio::time::timeout(Duration::from_secs(10), open()).await {
+                match tokio::time::timeout(Duration::from_secs(5), open()).await {
                     Ok(Ok(c)) => out.borrow_mut().push(c),
                     other => {
                         if errors.get() == 0 {
@@ -616,8 +616,22 @@ impl Session {
         }
         self.publisher = None;
         self.sh.dropped.set(0);
-        // Let the server see the closes before anything else is measured.
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        self.settle().await;
+    }
+
+    /// Waits (at most 2 s) until the server is idle: closes processed, backlogs written.
+    async fn settle(&self) {
+        let until = Instant::now() + Duration::from_secs(2);
+        let mut last = sample(self.pid).cpu_us;
+        loop {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let now = sample(self.pid).cpu_us;
+            // Less than 20 % of a core over the last 100 ms (or no pid to watch).
+            if self.pid.is_none() || now.saturating_sub(last) < 20_000 || Instant::now() >= until {
+                break;
+            }
+            last = now;
+        }
     }
 
     async fn connect(&mut self, how: &str, n: usize) -> PhaseResult {
@@ -785,7 +799,7 @@ impl Session {
         // Drain what is still in flight so that the next phase starts clean.
         let target = base + sent * self.live_subs();
         let _ = self
-            .wait_received(target, Instant::now() + Duration::from_secs(2))
+            .wait_received(target, Instant::now() + Duration::from_millis(1500))
             .await;
         r.errors += self.sh.dropped.get();
         r

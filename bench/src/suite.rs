@@ -98,6 +98,8 @@ struct Session {
     proto: &'static str,
     client_cpu: u32,
     phases: Vec<(String, String)>,
+    /// Runs against the previous session's server process instead of a fresh one.
+    same_server: bool,
 }
 
 fn ph(name: &str, spec: &str) -> (String, String) {
@@ -122,7 +124,7 @@ fn plan(server: &str, quick: bool, rep: usize) -> Vec<Session> {
         }
     };
     // The slowest peers skip the 1 KiB fan-out, Node ws the 1 000-connection echo (time budget).
-    let slow = server == "ws" || server == "aiosignalr";
+    let slow = server == "ws" || server == "aiosignalr" || server == "socketio";
     let mut main = vec![
         ph(
             &format!("connect-{}", tag(subs)),
@@ -175,11 +177,13 @@ fn plan(server: &str, quick: bool, rep: usize) -> Vec<Session> {
             proto: "json",
             client_cpu: 1,
             phases: main,
+            same_server: false,
         },
         Session {
             proto: "json",
             client_cpu: 0,
             phases: vec![ph("echo-1-samecore", &format!("echo:1:{short}"))],
+            same_server: true,
         },
     ];
     // MessagePack in every other repetition (medians of 3), to fit in 10 minutes.
@@ -201,6 +205,7 @@ fn plan(server: &str, quick: bool, rep: usize) -> Vec<Session> {
                 ph("echo-1", &format!("echo:1:{short}")),
                 ph("pipe-100x16", &format!("pipe:100:16:{short}")),
             ],
+            same_server: false,
         });
     }
     // 19 900 connections once (first repetition only), for tidings and the raw floors.
@@ -213,6 +218,7 @@ fn plan(server: &str, quick: bool, rep: usize) -> Vec<Session> {
                 ph("fanlat-max", &format!("fanlat:{short}")),
                 ph("fanout-max-20B", &format!("fanout:64:20:{secs}")),
             ],
+            same_server: false,
         });
     }
     sessions
@@ -693,19 +699,29 @@ pub fn main(args: &[String]) -> std::io::Result<()> {
         let n = active.len();
         for i in 0..n {
             let server = &active[(i + rep) % n];
+            let mut current: Option<(Running, u16)> = None;
             for session in plan(&server.name, quick, rep) {
-                port += 1;
                 src_base = (src_base + 8) % 248;
-                let running = match start(server, port, &log) {
-                    Ok(r) => r,
-                    Err(e) => {
-                        eprintln!("{e}");
-                        if !unavailable.iter().any(|(n, _)| *n == server.name) {
-                            unavailable.push((server.name.clone(), e));
-                        }
-                        continue;
+                if !session.same_server || current.is_none() {
+                    if let Some((r, _)) = current.take() {
+                        stop(r);
                     }
+                    port += 1;
+                    match start(server, port, &log) {
+                        Ok(r) => current = Some((r, port)),
+                        Err(e) => {
+                            eprintln!("{e}");
+                            if !unavailable.iter().any(|(n, _)| *n == server.name) {
+                                unavailable.push((server.name.clone(), e));
+                            }
+                            continue;
+                        }
+                    }
+                }
+                let Some((running, port)) = current.as_ref() else {
+                    continue;
                 };
+                let (running_pid, port) = (running.pid, *port);
                 let load = loadavg();
                 let mut cmd = Command::new("taskset");
                 cmd.arg("-c")
@@ -716,7 +732,7 @@ pub fn main(args: &[String]) -> std::io::Result<()> {
                     .args(["--proto", session.proto])
                     .args(["--addr", &format!("127.0.0.1:{port}")])
                     .args(["--path", server.path])
-                    .args(["--server-pid", &running.pid.to_string()])
+                    .args(["--server-pid", &running_pid.to_string()])
                     .args(["--src-base", &src_base.to_string()])
                     .args(["--label", &server.name]);
                 for (name, spec) in &session.phases {
@@ -731,7 +747,6 @@ pub fn main(args: &[String]) -> std::io::Result<()> {
                     session.phases.len()
                 );
                 let output = cmd.stderr(Stdio::inherit()).output();
-                stop(running);
                 let output = match output {
                     Ok(o) => o,
                     Err(e) => {
@@ -753,6 +768,9 @@ pub fn main(args: &[String]) -> std::io::Result<()> {
                     writeln!(jsonl, "{}", serde_json::to_string(&row).unwrap_or_default())?;
                     rows.push(row);
                 }
+            }
+            if let Some((r, _)) = current.take() {
+                stop(r);
             }
         }
     }
