@@ -764,8 +764,13 @@ impl Session {
             if first.is_none() && now >= measure_at {
                 first = Some((now, sh.received.get(), sample(self.pid)));
             }
+            // The window lasts `secs`, longer (up to 3 s more) until it has seen one whole
+            // window of broadcasts (W × subscribers): slow servers start delivering late.
             if now >= end {
-                break;
+                let seen = first.map_or(0, |(_, rec0, _)| sh.received.get() - rec0);
+                if seen >= w * n || now >= end + Duration::from_secs(3) {
+                    break;
+                }
             }
             let n_live = self.live_subs().max(1);
             let done = (sh.received.get() - base) / n_live;
@@ -780,7 +785,9 @@ impl Session {
             } else {
                 // Wake when the oldest outstanding broadcast has (about) arrived everywhere.
                 sh.wake_at.set(base + (sent - w + 1) * n_live);
-                let wait = (end - now).min(Duration::from_millis(50));
+                let wait = end
+                    .saturating_duration_since(now)
+                    .clamp(Duration::from_millis(1), Duration::from_millis(50));
                 let _ = tokio::time::timeout(wait, sh.notify.notified()).await;
             }
         }
