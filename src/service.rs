@@ -143,10 +143,7 @@ impl HubService {
         B::Data: Send,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
-        let info = RequestInfo {
-            uri: req.uri().clone(),
-            headers: req.headers().clone(),
-        };
+        let info = RequestInfo::detached(req.uri(), req.headers());
         let principal = match &self.authenticate {
             None => None,
             Some(auth) => {

@@ -137,8 +137,12 @@ impl ConnectionManager {
         principal: Option<Principal>,
     ) -> Option<Arc<ConnEntry>> {
         self.ensure_reaper();
-        if self.by_token.len() >= self.options.maximum_connections
-            || self.pending() >= self.options.maximum_pending_negotiations
+        let len = self.by_token.len();
+        // `pending()` walks the whole table: only when the limit could be reached at all
+        // (pending <= len), or every connect would cost O(connections).
+        if len >= self.options.maximum_connections
+            || (len >= self.options.maximum_pending_negotiations
+                && self.pending() >= self.options.maximum_pending_negotiations)
         {
             return None;
         }

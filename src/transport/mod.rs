@@ -75,6 +75,8 @@ struct OutboundState {
     bytes: usize,
     closed: Option<CloseKind>,
     high_water: usize,
+    /// A wake-up of the writer is scheduled and it has not taken the frames yet.
+    wake_pending: bool,
 }
 
 /// A connection's outbound buffer: frames queued by any task, written by the transport.
@@ -84,10 +86,14 @@ struct OutboundState {
 /// fan-out to thousands of connections cheap. It is bounded in bytes; a push that would exceed
 /// the bound fails with [`SendError::Full`] instead of waiting, so one slow reader can never
 /// stall a broadcast to everyone else.
+///
+/// Inside a tokio runtime, the writer is woken at the end of the current round of work
+/// rather than at once (see [`flush`]): the frames of a burst of broadcasts then reach each
+/// connection in one write, as uWebSockets' corking does.
 #[derive(Debug)]
 pub struct Outbound {
     state: Mutex<OutboundState>,
-    notify: Notify,
+    notify: Arc<Notify>,
     /// Signalled whenever the transport takes frames out (room for waiting senders).
     space: Notify,
     limit: usize,
@@ -111,8 +117,9 @@ impl Outbound {
                 bytes: 0,
                 closed: None,
                 high_water: 0,
+                wake_pending: false,
             }),
-            notify: Notify::new(),
+            notify: Arc::new(Notify::new()),
             space: Notify::new(),
             limit,
         }
@@ -128,7 +135,7 @@ impl Outbound {
 
     /// Queues one frame.
     pub fn push(&self, frame: Frame) -> Result<(), SendError> {
-        {
+        let wake = {
             let mut st = self.lock();
             if st.closed.is_some() {
                 return Err(SendError::Closed);
@@ -140,8 +147,11 @@ impl Outbound {
             st.bytes += len;
             st.high_water = st.high_water.max(st.bytes);
             st.frames.push_back(frame);
+            !std::mem::replace(&mut st.wake_pending, true)
+        };
+        if wake {
+            flush::defer(&self.notify);
         }
-        self.notify.notify_one();
         Ok(())
     }
 
@@ -165,15 +175,18 @@ impl Outbound {
 
     /// Queues one frame even past the byte limit (Close messages, handshake answers).
     pub fn push_unbounded(&self, frame: Frame) -> Result<(), SendError> {
-        {
+        let wake = {
             let mut st = self.lock();
             if st.closed.is_some() {
                 return Err(SendError::Closed);
             }
             st.bytes += frame.data().len();
             st.frames.push_back(frame);
+            !std::mem::replace(&mut st.wake_pending, true)
+        };
+        if wake {
+            flush::defer(&self.notify);
         }
-        self.notify.notify_one();
         Ok(())
     }
 
@@ -207,6 +220,7 @@ impl Outbound {
     /// Takes every queued frame at once, merged, or `None` when there is none.
     pub fn try_batch(&self, max_bytes: usize) -> Option<Batch> {
         let mut st = self.lock();
+        st.wake_pending = false;
         if st.frames.is_empty() {
             return st.closed.map(Batch::Closed);
         }
@@ -247,6 +261,47 @@ impl Outbound {
         Some(Batch::Frames(out))
     }
 
+    /// Takes the queued frames as they are (not merged), up to `max_bytes` (at least one
+    /// frame), or `None` when there is none: for a transport that frames them itself.
+    pub fn try_batch_unmerged(&self, max_bytes: usize) -> Option<Batch> {
+        let mut st = self.lock();
+        st.wake_pending = false;
+        if st.frames.is_empty() {
+            return st.closed.map(Batch::Closed);
+        }
+        let mut taken = 0;
+        let mut n = 0;
+        for f in &st.frames {
+            let len = f.data().len();
+            if n > 0 && taken + len > max_bytes {
+                break;
+            }
+            taken += len;
+            n += 1;
+        }
+        let out: Vec<Frame> = if n == st.frames.len() {
+            // Hand the whole queue over; the buffer starts empty again (no capacity kept).
+            std::mem::take(&mut st.frames).into()
+        } else {
+            st.frames.drain(..n).collect()
+        };
+        st.bytes -= taken;
+        drop(st);
+        self.space.notify_waiters();
+        Some(Batch::Frames(out))
+    }
+
+    /// [`Outbound::next_batch`] without merging (see [`Outbound::try_batch_unmerged`]).
+    pub async fn next_batch_unmerged(&self, max_bytes: usize) -> Batch {
+        loop {
+            let notified = self.notify.notified();
+            if let Some(batch) = self.try_batch_unmerged(max_bytes) {
+                return batch;
+            }
+            notified.await;
+        }
+    }
+
     /// Waits for the next batch of frames (or the close).
     pub async fn next_batch(&self, max_bytes: usize) -> Batch {
         loop {
@@ -274,6 +329,81 @@ impl Outbound {
     }
 }
 
+/// Wake-ups deferred to the end of the current round of work.
+///
+/// A push wakes the writer of its connection through [`defer`]: inside a tokio runtime the
+/// wake-up is queued on this thread's list, and one flusher task (spawned when the list goes
+/// from empty to non-empty) yields once, which tokio defers until the tasks that are runnable
+/// now have run and the IO driver has been polled, then wakes every queued writer. A burst of
+/// broadcasts handled in one round (a publisher's pipelined invocations) then leaves each
+/// connection with all of its frames before its writer runs: one write per connection instead
+/// of one per message. Outside a runtime the wake-up is immediate.
+mod flush {
+    use std::cell::RefCell;
+    use std::sync::{Arc, Mutex};
+
+    use tokio::sync::Notify;
+
+    #[derive(Default)]
+    struct Pending {
+        wakers: Vec<Arc<Notify>>,
+        armed: bool,
+    }
+
+    type List = Arc<Mutex<Pending>>;
+
+    thread_local! {
+        static LOCAL: RefCell<Option<List>> = const { RefCell::new(None) };
+    }
+
+    fn lock(list: &List) -> std::sync::MutexGuard<'_, Pending> {
+        list.lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Wakes `notify` once the work runnable now has run.
+    pub(super) fn defer(notify: &Arc<Notify>) {
+        let Ok(handle) = tokio::runtime::Handle::try_current() else {
+            notify.notify_one();
+            return;
+        };
+        let queued = LOCAL.try_with(|local| {
+            let list = local.borrow_mut().get_or_insert_with(List::default).clone();
+            let arm = {
+                let mut p = lock(&list);
+                p.wakers.push(notify.clone());
+                !std::mem::replace(&mut p.armed, true)
+            };
+            if arm {
+                let flusher = Flusher(list);
+                handle.spawn(async move {
+                    tokio::task::yield_now().await;
+                    drop(flusher);
+                });
+            }
+        });
+        if queued.is_err() {
+            notify.notify_one();
+        }
+    }
+
+    /// Wakes the list when dropped: after its yield, or if the runtime drops the task unrun.
+    struct Flusher(List);
+
+    impl Drop for Flusher {
+        fn drop(&mut self) {
+            let wakers = {
+                let mut p = lock(&self.0);
+                p.armed = false;
+                std::mem::take(&mut p.wakers)
+            };
+            for w in wakers {
+                w.notify_one();
+            }
+        }
+    }
+}
+
 fn make_frame(binary: bool, data: Bytes) -> Frame {
     if binary {
         Frame::Binary(data)
@@ -292,6 +422,28 @@ pub struct RequestInfo {
 }
 
 impl RequestInfo {
+    /// The URI and headers of a request, copied into allocations of their own.
+    ///
+    /// hyper's parsed URI and header values are slices of its connection read buffer (8 KiB
+    /// or more); a connection that kept them would keep that whole buffer alive for its
+    /// lifetime (16 KB per idle WebSocket, measured), so the copies are made here, once.
+    pub fn detached(uri: &http::Uri, headers: &http::HeaderMap) -> Self {
+        let text = match (uri.scheme(), uri.path_and_query()) {
+            (None, Some(pq)) => pq.as_str().to_owned(),
+            _ => uri.to_string(),
+        };
+        let uri = http::Uri::try_from(text).unwrap_or_else(|_| uri.clone());
+        let mut copy = http::HeaderMap::with_capacity(headers.len());
+        for (name, value) in headers {
+            let mut v =
+                http::HeaderValue::from_maybe_shared(Bytes::copy_from_slice(value.as_bytes()))
+                    .unwrap_or_else(|_| value.clone());
+            v.set_sensitive(value.is_sensitive());
+            copy.append(name.clone(), v);
+        }
+        Self { uri, headers: copy }
+    }
+
     /// A header's value as text.
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers.get(name).and_then(|v| v.to_str().ok())
@@ -444,6 +596,43 @@ mod tests {
         };
         assert_eq!(frames[0].data().len(), 30);
         assert_eq!(out.queued_bytes(), 70);
+    }
+
+    #[test]
+    fn unmerged_batches_keep_frames_and_respect_the_budget() {
+        let out = Outbound::new(1 << 20);
+        for b in [&b"ab"[..], b"cd", b"ef"] {
+            out.push(Frame::Text(Bytes::copy_from_slice(b))).unwrap();
+        }
+        let Some(Batch::Frames(first)) = out.try_batch_unmerged(4) else {
+            panic!()
+        };
+        assert_eq!(first.len(), 2);
+        assert_eq!(out.queued_bytes(), 2);
+        let Some(Batch::Frames(rest)) = out.try_batch_unmerged(1) else {
+            panic!()
+        };
+        assert_eq!(rest, vec![Frame::Text(Bytes::from_static(b"ef"))]);
+        assert!(out.try_batch_unmerged(1).is_none());
+        out.close(CloseKind::Normal);
+        assert!(matches!(
+            out.try_batch_unmerged(1),
+            Some(Batch::Closed(CloseKind::Normal))
+        ));
+    }
+
+    #[test]
+    fn detached_request_info_keeps_every_value() {
+        let mut headers = http::HeaderMap::new();
+        headers.append("x-a", "1".parse().unwrap());
+        headers.append("x-a", "2".parse().unwrap());
+        headers.insert(http::header::COOKIE, "c=3".parse().unwrap());
+        let uri: http::Uri = "/hub?id=abc&x=%20y".parse().unwrap();
+        let info = RequestInfo::detached(&uri, &headers);
+        assert_eq!(info.uri, uri);
+        assert_eq!(info.headers, headers);
+        assert_eq!(info.query("x").as_deref(), Some(" y"));
+        assert_eq!(info.cookie("c").as_deref(), Some("3"));
     }
 
     #[test]
