@@ -3,8 +3,8 @@
 # the release binaries, runs every workload against every server (server on CPU 0, load on
 # CPU 1, 5 interleaved repetitions) and writes target/bench/results.json and results.md.
 #
-#   scripts/bench.sh                 # full run (about 11.5 minutes on the 2-core CI-like machine)
-#   BENCH_REPS=4 scripts/bench.sh    # fewer repetitions (fits in 10 minutes)
+#   scripts/bench.sh                 # full run (about 9 minutes on the 2-core CI-like machine)
+#   BENCH_REPS=3 scripts/bench.sh    # fewer repetitions
 #   BENCH_ONLY=tidings,floor scripts/bench.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -6,7 +6,7 @@
 //!
 //! Phases run in order, each printing one JSON line:
 //! - `connect:N`: open N WebSocket subscribers, 64 handshakes at a time; connections/s, then
-//!   server memory per connection (RSS delta and Pss) after 0.8 s;
+//!   server memory per connection (RSS delta and Pss) after 0.6 s;
 //! - `sse:N` / `lp:N`: the same subscribers over Server-Sent Events / long polling (SignalR);
 //! - `fanout:W:SIZE:SECS`: broadcasts from one extra (not subscribed) connection, W in flight;
 //! - `fanlat:SECS`: one 20 B broadcast at a time: completion and per-copy latency;
@@ -683,7 +683,7 @@ impl Session {
                 Some(mid.cpu_us.saturating_sub(before.cpu_us) as f64 / opened as f64);
         }
         // Idle memory: settle, then the delta against the server before connecting.
-        tokio::time::sleep(Duration::from_millis(800)).await;
+        tokio::time::sleep(Duration::from_millis(600)).await;
         let after = sample(self.pid);
         if self.pid.is_some() && opened > 0 {
             r.rss_per_conn = Some((after.rss as f64 - before.rss as f64) / opened as f64);
@@ -764,11 +764,11 @@ impl Session {
             if first.is_none() && now >= measure_at {
                 first = Some((now, sh.received.get(), sample(self.pid)));
             }
-            // The window lasts `secs`, longer (up to 3 s more) until it has seen one whole
+            // The window lasts `secs`, longer (up to 2 s more) until it has seen one whole
             // window of broadcasts (W × subscribers): slow servers start delivering late.
             if now >= end {
                 let seen = first.map_or(0, |(_, rec0, _)| sh.received.get() - rec0);
-                if seen >= w * n || now >= end + Duration::from_secs(3) {
+                if seen >= w * n || now >= end + Duration::from_secs(2) {
                     break;
                 }
             }
