@@ -21,15 +21,9 @@ pub(crate) fn encode_invocation(
     invocation_id: Option<String>,
 ) -> Result<EncodedMessage, Error> {
     let message = |protocol: Protocol| -> Result<HubMessage, Error> {
-        let mut arguments = protocol
-            .encode_value(args)
+        let arguments = protocol
+            .encode_arguments(args)
             .map_err(|e| Error::Serialization(e.to_string()))?;
-        // `()` serializes as a unit (null), but it means "no arguments": an empty list.
-        match (protocol, &arguments.0[..]) {
-            (Protocol::Json, b"null") => arguments.0 = bytes::Bytes::from_static(b"[]"),
-            (Protocol::MessagePack, [0xc0]) => arguments.0 = bytes::Bytes::from_static(&[0x90]),
-            _ => {}
-        }
         Ok(HubMessage::Invocation(Invocation {
             headers: Default::default(),
             invocation_id: invocation_id.clone(),
